@@ -6,6 +6,7 @@ from .local_attention import (
     local_aggregation,
     local_subtraction,
     local_subtraction2,
+    observe_calls,
     register_implementation,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "local_aggregation",
     "local_subtraction",
     "local_subtraction2",
+    "observe_calls",
     "register_implementation",
 ]

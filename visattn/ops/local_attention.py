@@ -35,6 +35,7 @@ __all__ = [
     "register_implementation",
     "available_implementations",
     "LocalGeometry",
+    "observe_calls",
 ]
 
 _PAD_MODES = ("reflect", "zeros")
@@ -191,6 +192,31 @@ register_implementation(
 )
 
 
+# Observers see (op name, output, geometry) after every call, e.g. the FLOP counter in
+# visattn.models.complexity. Empty in normal use: the cost is one list test per call.
+_OBSERVERS: list[Callable[[str, torch.Tensor, LocalGeometry], None]] = []
+
+
+class observe_calls:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Context manager: call ``fn(op_name, output, geometry)`` after every operator call inside it."""
+
+    def __init__(self, fn: Callable[[str, torch.Tensor, LocalGeometry], None]) -> None:
+        self.fn = fn
+
+    def __enter__(self) -> observe_calls:
+        _OBSERVERS.append(self.fn)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _OBSERVERS.remove(self.fn)
+
+
+def _notify(op: str, out: torch.Tensor, g: LocalGeometry) -> torch.Tensor:
+    for fn in _OBSERVERS:
+        fn(op, out, g)
+    return out
+
+
 def _pick(impl: str, x: torch.Tensor) -> _Implementation:
     if impl == "auto":
         for cand in sorted(_IMPLEMENTATIONS.values(), key=lambda i: -i.priority):
@@ -229,7 +255,7 @@ def local_subtraction(
     g = _geometry(
         x, kernel_size, stride, dilation, padding, padding_mode, op="local_subtraction", odd_kernel=True
     )
-    return _pick(impl, x).subtraction(x, g)
+    return _notify("subtraction", _pick(impl, x).subtraction(x, g), g)
 
 
 def local_subtraction2(
@@ -254,7 +280,7 @@ def local_subtraction2(
     g = _geometry(
         x1, kernel_size, stride, dilation, padding, padding_mode, op="local_subtraction2", odd_kernel=True
     )
-    return _pick(impl, x1).subtraction2(x1, x2, g)
+    return _notify("subtraction2", _pick(impl, x1).subtraction2(x1, x2, g), g)
 
 
 def local_aggregation(
@@ -296,4 +322,4 @@ def local_aggregation(
             f"local_aggregation: x and weight must share dtype and device, got {x.dtype}/{x.device} "
             f"and {weight.dtype}/{weight.device}"
         )
-    return _pick(impl, x).aggregation(x, weight, g)
+    return _notify("aggregation", _pick(impl, x).aggregation(x, weight, g), g)

@@ -1,0 +1,82 @@
+"""visattn's model registry: every entrypoint is registered in timm's registry too.
+
+``visattn.create_model`` only creates visattn models (and says so for other names); after
+``import visattn``, ``timm.create_model`` reaches them as well, so timm-based training scripts work.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+from timm.models import register_model as _timm_register_model
+from torch import nn
+
+__all__ = ["register_model", "list_models", "is_model", "create_model"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator for model entrypoints ``fn(pretrained=False, **kwargs) -> nn.Module``.
+
+    The module defining ``fn`` should hold timm ``default_cfgs`` (``generate_default_cfgs``) so that
+    timm knows the input size, mean/std and classifier name of each model.
+    """
+    _timm_register_model(fn)
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of visattn models matching a shell-style ``pattern``."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def is_model(name: str) -> bool:
+    return name in _MODELS
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    num_classes: int | None = None,
+    *,
+    pretrained_file: str | Path | None = None,
+    checkpoint_path: str | Path | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a visattn model by name (timm's factory underneath).
+
+    Args:
+        name: a name from :func:`list_models`.
+        pretrained: load weights from ``pretrained_file`` (visattn never downloads; timm adapts the
+            classifier when ``num_classes`` differs from the file's).
+        num_classes: classifier size (default: the model's own).
+        pretrained_file: local ``.safetensors`` or ``.pth`` file for ``pretrained=True``.
+        checkpoint_path: local file loaded strictly after creation (e.g. a visattn checkpoint).
+        **kwargs: model options (``features_only=True``, ``relation=...`` etc.).
+    """
+    if name not in _MODELS:
+        close = [m for m in _MODELS if name.split("_")[0] in m][:8]
+        raise ValueError(f"unknown visattn model {name!r}; similar: {close or list_models()[:8]} (see visattn.list_models())")
+    if pretrained and pretrained_file is None:
+        raise ValueError(
+            f"pretrained=True needs pretrained_file=<local .safetensors/.pth>: visattn does not download weights "
+            f"(or use checkpoint_path= to load a full visattn checkpoint of {name!r})"
+        )
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if pretrained_file is not None:
+        path = Path(pretrained_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained_file {str(path)!r} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}), "file": str(path)}
+    if checkpoint_path is not None and not Path(checkpoint_path).is_file():
+        raise FileNotFoundError(f"checkpoint_path {str(checkpoint_path)!r} does not exist")
+    return timm.create_model(
+        name, pretrained=pretrained, checkpoint_path=str(checkpoint_path) if checkpoint_path else "", **kwargs
+    )
