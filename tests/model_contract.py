@@ -9,7 +9,9 @@ import visattn
 from visattn.models import load_weights, save_weights
 
 
-def check_classifier_contract(name: str, tmp_path, img_size: int = 64, num_classes: int = 7, **kwargs) -> None:
+def check_classifier_contract(
+    name: str, tmp_path, img_size: int = 64, num_classes: int = 7, **kwargs
+) -> None:
     """Forward/backward, forward_features/forward_head, classifier reset, feature_info,
     features_only, safetensors round trip and timm reachability for one registered model."""
     torch.manual_seed(0)
@@ -51,7 +53,9 @@ def check_classifier_contract(name: str, tmp_path, img_size: int = 64, num_class
     with torch.no_grad():
         maps = backbone(x)
     assert len(maps) == len(backbone.feature_info.channels())
-    for fmap, chs, red in zip(maps, backbone.feature_info.channels(), backbone.feature_info.reduction(), strict=True):
+    for fmap, chs, red in zip(
+        maps, backbone.feature_info.channels(), backbone.feature_info.reduction(), strict=True
+    ):
         assert fmap.shape[1] == chs
         assert abs(fmap.shape[-1] - img_size / red) <= 1, (fmap.shape, red)
 

@@ -20,7 +20,7 @@ known) and the sample index (used by history-keyed losses).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -76,6 +76,7 @@ class GlyphCanvasDataset(Dataset):
         channels: 1 (grey) or 3 (grey repeated, for ImageNet-style backbones).
         max_overlap: maximum fraction of a glyph box that may be covered by earlier glyph boxes; placement
             retries until satisfied (then accepts), so glyphs stay readable.
+        transform: optional callable applied to the float ``(channels, S, S)`` image.
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class GlyphCanvasDataset(Dataset):
         seed: int = 0,
         channels: int = 1,
         max_overlap: float = 0.25,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -105,6 +107,7 @@ class GlyphCanvasDataset(Dataset):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         self.split, self.classes, self.channels = split, classes, channels
         self.canvas_size = canvas_size
+        self.transform = transform
 
         glyphs, labels = load_mnist5k()
         pool = _glyph_pool(labels, split)
@@ -142,6 +145,8 @@ class GlyphCanvasDataset(Dataset):
         image = self.images[index].unsqueeze(0).float().div_(255.0)
         if self.channels == 3:
             image = image.expand(3, -1, -1).contiguous()
+        if self.transform is not None:
+            image = self.transform(image)
         target = self.targets[index]
         return image, target, torch.ones_like(target, dtype=torch.bool), index
 

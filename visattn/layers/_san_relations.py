@@ -58,8 +58,9 @@ def neighbours(x: torch.Tensor, geometry: dict) -> torch.Tensor:
 
     ``subtraction2(0, x) = −x̃[nbr]`` exactly (no rounding, unlike ``centre − subtraction(x)``), so the
     negation recovers the neighbours bit for bit while reusing whichever implementation is registered.
+    Hidden from :class:`visattn.ops.observe_calls`: a gather is an unfold, free in SAN's FLOP convention.
     """
-    return -local_subtraction2(torch.zeros_like(x), x, **geometry)
+    return -local_subtraction2(torch.zeros_like(x), x, **geometry, observe=False)
 
 
 def pairwise_relation(relation: str, x1: torch.Tensor, x2: torch.Tensor, geometry: dict) -> torch.Tensor:

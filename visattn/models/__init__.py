@@ -1,21 +1,37 @@
-"""Registered networks (one family per file), the factory, weights I/O and complexity counts.
+"""Registered networks (one family per file), the factory, weights I/O, complexity counts, converters.
 
 ``visattn.create_model(name, ...)`` / ``visattn.list_models(pattern)``; every model is also reachable
-through ``timm.create_model`` after ``import visattn``.
+through ``timm.create_model`` after ``import visattn``. Importing a family module registers its
+entrypoints and converters.
 """
 
+from . import csra, glyphnet, psa, resattnet, san, vaa
 from ._registry import create_model, is_model, list_models, register_model
 from .complexity import count_macs, count_parameters
+from .convert import convert_checkpoint, convert_file, list_converters
+from .csra import residual_attention
+from .insert import insert_attention
 from .weights import load_weights, read_state_dict, save_weights
 
 __all__ = [
+    "convert_checkpoint",
+    "convert_file",
     "count_macs",
     "count_parameters",
     "create_model",
+    "csra",
+    "glyphnet",
+    "insert_attention",
     "is_model",
+    "list_converters",
     "list_models",
     "load_weights",
+    "psa",
     "read_state_dict",
     "register_model",
+    "resattnet",
+    "residual_attention",
+    "san",
     "save_weights",
+    "vaa",
 ]

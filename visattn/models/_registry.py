@@ -62,7 +62,9 @@ def create_model(
     """
     if name not in _MODELS:
         close = [m for m in _MODELS if name.split("_")[0] in m][:8]
-        raise ValueError(f"unknown visattn model {name!r}; similar: {close or list_models()[:8]} (see visattn.list_models())")
+        raise ValueError(
+            f"unknown visattn model {name!r}; similar: {close or list_models()[:8]} (see visattn.list_models())"
+        )
     if pretrained and pretrained_file is None:
         raise ValueError(
             f"pretrained=True needs pretrained_file=<local .safetensors/.pth>: visattn does not download weights "

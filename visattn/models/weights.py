@@ -14,7 +14,9 @@ __all__ = ["read_state_dict", "save_weights", "load_weights"]
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
 
-def read_state_dict(path: str | Path, wrapper_keys: tuple[str, ...] = _WRAPPER_KEYS) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, wrapper_keys: tuple[str, ...] = _WRAPPER_KEYS
+) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a torch file (loaded with ``weights_only=True``).
 
     A torch checkpoint dict is unwrapped at the first of ``wrapper_keys`` it holds (training
@@ -35,7 +37,9 @@ def read_state_dict(path: str | Path, wrapper_keys: tuple[str, ...] = _WRAPPER_K
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+        raise ValueError(
+            f"{path}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}"
+        )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(f"{path}: entries {bad[:5]} are not tensors; expected a state dict")

@@ -268,10 +268,12 @@ def local_subtraction2(
     padding_mode: str = "reflect",
     *,
     impl: str = "auto",
+    observe: bool = True,
 ) -> torch.Tensor:
     """``y[b,c,k,l] = x1[b,c,centre(l)] − x̃2[b,c,nbr_k(l)]``: SAN's ``subtraction2``.
 
-    ``x1`` and ``x2`` must have the same shape; returns ``(B, C, K·K, H_out·W_out)``.
+    ``x1`` and ``x2`` must have the same shape; returns ``(B, C, K·K, H_out·W_out)``. ``observe=False``
+    hides the call from :class:`observe_calls` (for callers that use it as a plain neighbour gather).
     """
     if x1.shape != x2.shape:
         raise ValueError(
@@ -280,7 +282,8 @@ def local_subtraction2(
     g = _geometry(
         x1, kernel_size, stride, dilation, padding, padding_mode, op="local_subtraction2", odd_kernel=True
     )
-    return _notify("subtraction2", _pick(impl, x1).subtraction2(x1, x2, g), g)
+    out = _pick(impl, x1).subtraction2(x1, x2, g)
+    return _notify("subtraction2", out, g) if observe else out
 
 
 def local_aggregation(

@@ -1,0 +1,206 @@
+"""YAML recipes: loading, ``--set key=value`` overrides, and validation with errors that name the key.
+
+A recipe is a nested mapping with the top-level sections ``model``, ``data``, ``loss``, ``optim``,
+``sched``, ``train``, ``eval`` and ``output`` (see ``configs/`` and ``docs/recipes.md``). Values are
+validated against :data:`DEFAULTS`: an unknown key or a value of the wrong type is reported as
+``<file>: key 'optim.lr': expected a number, got 'fast'``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge"]
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be used; the message names the file and the key."""
+
+
+# Every recognised key with its default. ``None`` defaults accept any type; dict-valued keys marked
+# with OPEN accept arbitrary sub-keys (model and dataset keyword arguments).
+OPEN: dict[str, Any] = {}
+DEFAULTS: dict[str, Any] = {
+    "task": "multilabel",
+    "model": {"name": None, "kwargs": OPEN, "pretrained_file": None, "checkpoint_path": None},
+    "data": {
+        "name": None,
+        "kwargs": OPEN,
+        "train_split": "train",
+        "val_split": "test",
+        "img_size": 224,
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0, 1.0, 1.0],
+        "train_transform": "flip_rrc",
+        "rrc_scale": [0.7, 1.0],
+        "batch_size": 16,
+        "eval_batch_size": None,
+        "workers": 0,
+        "channels": 3,
+    },
+    "loss": {"name": "bce", "kwargs": OPEN, "mask_ignored": False},
+    "optim": {
+        "name": "sgd",
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "head_lr_mult": 1.0,
+        "head_keywords": ["classifier", "head", "fc"],
+        "filter_bias_and_bn": False,
+        "clip_grad": None,
+    },
+    "sched": {
+        "name": "step",
+        "decay_epochs": 30,
+        "decay_rate": 0.1,
+        "decay_milestones": [30, 60, 90],
+        "warmup_epochs": 0,
+        "warmup_lr": 1e-6,
+        "min_lr": 0.0,
+        "step_on_epochs": True,
+    },
+    "train": {
+        "epochs": 1,
+        "seed": 0,
+        "amp": False,
+        "amp_dtype": "bfloat16",
+        "ema": False,
+        "ema_decay": 0.9998,
+        "log_interval": 50,
+        "max_steps_per_epoch": None,
+        "channels_last": False,
+    },
+    "eval": {"metric": "mAP", "mode": "max", "every": 1, "threshold": 0.5, "preset": None},
+    "output": "runs/default",
+}
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (``update`` wins); lists and scalars are replaced, not merged.
+
+    A mapping in ``update`` holding ``_delete_: true`` replaces the base mapping instead of merging into it
+    (as in mmengine configs), e.g. to give a derived recipe's model entirely different ``kwargs``.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and value.get("_delete_"):
+            out[key] = copy.deepcopy({k: v for k, v in value.items() if k != "_delete_"})
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML: ``1e-3``, ``[1, 2]``, ``true``)."""
+    out = copy.deepcopy(dict(config))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(value.strip())
+    return out
+
+
+def _check(config: Mapping[str, Any], defaults: Mapping[str, Any], where: str, path: str) -> None:
+    for key, value in config.items():
+        full = f"{path}{key}"
+        if key not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise ConfigError(f"{where}: unknown key {full!r} (known keys here: {known})")
+        default = defaults[key]
+        if default is OPEN:
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{where}: key {full!r}: expected a mapping of keyword arguments, got {value!r}"
+                )
+        elif isinstance(default, Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: key {full!r}: expected a section (mapping), got {value!r}")
+            _check(value, default, where, full + ".")
+        elif default is None or value is None:
+            continue
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: key {full!r}: expected true/false, got {value!r}")
+        elif isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}: key {full!r}: expected a number, got {value!r}")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: key {full!r}: expected a string, got {value!r}")
+        elif isinstance(default, list) and not isinstance(value, list):
+            raise ConfigError(f"{where}: key {full!r}: expected a list, got {value!r}")
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Read a YAML recipe (optional), apply overrides, fill defaults, validate.
+
+    A recipe may name another with ``_base_: other.yaml`` (relative to its own folder); the child wins.
+    """
+    where = str(path) if path is not None else "<overrides>"
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        raw = merge(raw, _read_yaml(Path(path)))
+    raw = apply_overrides(raw, overrides)
+    _check(raw, DEFAULTS, where, "")
+    config = merge(_strip_open(DEFAULTS), raw)
+    for section, key in (("model", "name"), ("data", "name")):
+        if not config[section][key]:
+            raise ConfigError(f"{where}: key '{section}.{key}' is required")
+    if config["eval"]["mode"] not in ("max", "min"):
+        raise ConfigError(
+            f"{where}: key 'eval.mode': expected 'max' or 'min', got {config['eval']['mode']!r}"
+        )
+    return config
+
+
+def _strip_open(defaults: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: ({} if v is OPEN else _strip_open(v) if isinstance(v, Mapping) else copy.deepcopy(v))
+        for k, v in defaults.items()
+    }
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{line}: not valid YAML ({getattr(err, 'problem', err)})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping at the top level, got {type(data).__name__}")
+    base_name = data.pop("_base_", None)
+    if base_name:
+        data = merge(_read_yaml(path.parent / base_name, (*seen, path.resolve())), data)
+    return data

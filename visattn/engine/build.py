@@ -1,0 +1,116 @@
+"""From a recipe to a ready :class:`~visattn.engine.trainer.Trainer`: model, data, loss, metric, task.
+
+Data flows one way: dataset → transforms → model → loss → metrics → logs. Everything a recipe names is
+built here, so ``visattn train``, ``visattn eval`` and the Python API share one path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .distributed import DistInfo, init_distributed
+from .tasks import MultiLabelTask
+from .trainer import Trainer
+
+__all__ = ["build_datasets", "build_model", "build_task", "build_trainer", "TASKS"]
+
+TASKS = ("multilabel", "attribute")
+
+
+def build_datasets(
+    config: Mapping[str, Any], splits: tuple[str, ...] = ("train", "val")
+) -> dict[str, Dataset]:
+    """Datasets of the recipe for the requested roles (``train`` / ``val``) with their transforms."""
+    from visattn.data import build_transform, create_dataset
+
+    d = config["data"]
+    out = {}
+    for role in splits:
+        train = role == "train"
+        transform = build_transform(
+            train, d["img_size"], d["mean"], d["std"], kind=d["train_transform"], rrc_scale=d["rrc_scale"]
+        )
+        split = d["train_split"] if train else d["val_split"]
+        out[role] = create_dataset(d["name"], split=split, transform=transform, **d["kwargs"])
+    return out
+
+
+def _num_classes(dataset: Dataset) -> int | None:
+    names = getattr(dataset, "class_names", None)
+    if names is not None:
+        return len(names)
+    targets = getattr(dataset, "targets", None)
+    return int(targets.shape[1]) if torch.is_tensor(targets) and targets.dim() == 2 else None
+
+
+def build_model(config: Mapping[str, Any], num_classes: int | None = None) -> nn.Module:
+    """The recipe's model; ``num_classes`` (from the data) unless the recipe sets it."""
+    import visattn
+
+    m = config["model"]
+    kwargs = dict(m["kwargs"])
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    if m["pretrained_file"]:
+        kwargs.update(pretrained=True, pretrained_file=m["pretrained_file"])
+    if m["checkpoint_path"]:
+        kwargs["checkpoint_path"] = m["checkpoint_path"]
+    return visattn.create_model(m["name"], **kwargs)
+
+
+def _build_loss(config: Mapping[str, Any], model: nn.Module, train_set: Dataset | None) -> nn.Module:
+    from visattn.losses import create_loss, positive_prior
+
+    name = config["loss"]["name"]
+    kwargs = dict(config["loss"]["kwargs"])
+    targets = getattr(train_set, "targets", None)
+    masks = getattr(train_set, "masks", None)
+    key = name.lower().replace("-", "_")
+    if key in ("focal", "weighted_focal", "vaa") and kwargs.get("prior") is None and targets is not None:
+        kwargs["prior"] = positive_prior(targets, masks)  # attribute frequencies of the training split
+    if key in ("vaa", "history_weighted") and train_set is not None:
+        kwargs.setdefault("num_samples", len(train_set))
+    if key == "history_weighted" and targets is not None:
+        kwargs.setdefault("num_classes", int(targets.shape[1]))
+    if key == "vaa":
+        kwargs.setdefault("num_attention", len(getattr(model, "taps", ())) or None)
+    return create_loss(name, **kwargs)
+
+
+def build_task(config: Mapping[str, Any], model: nn.Module, train_set: Dataset | None) -> MultiLabelTask:
+    from visattn.metrics import AttributeMetrics, MultiLabelMetrics
+
+    task = config["task"]
+    e = config["eval"]
+    if task == "multilabel":
+        options = {"thr": e["threshold"]}
+        if e["preset"]:
+            options["preset"] = e["preset"]
+
+        def metric_factory():
+            return MultiLabelMetrics(**options)
+
+    elif task == "attribute":
+
+        def metric_factory():
+            return AttributeMetrics(thr=e["threshold"])
+
+    else:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    loss = _build_loss(config, model, train_set)
+    return MultiLabelTask(loss, metric_factory, mask_ignored=config["loss"]["mask_ignored"])
+
+
+def build_trainer(config: Mapping[str, Any], dist: DistInfo | None = None, train: bool = True) -> Trainer:
+    """Model, datasets, task and trainer of a recipe (``train=False``: evaluation only)."""
+    dist = dist or init_distributed()
+    data = build_datasets(config, ("train", "val") if train else ("val",))
+    reference = data.get("train", data["val"])
+    model = build_model(config, _num_classes(reference))
+    task = build_task(config, model, data.get("train"))
+    return Trainer(config, model, task, data.get("train"), data["val"], dist=dist)

@@ -1,0 +1,89 @@
+"""Tasks: what a training step computes and how evaluation is scored, for one kind of problem.
+
+The trainer is task-agnostic; a task turns a batch into a loss (training) and feeds model outputs to
+its metric (evaluation). ``MultiLabelTask`` serves multi-label and attribute recognition: batches are
+``(image, target, eval_mask, index)``, scores are sigmoid probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["MultiLabelTask", "BranchOutputs"]
+
+
+class BranchOutputs(nn.Module):
+    """Training view of a multi-branch model whose ``forward`` returns ``forward_branches(x)``.
+
+    Wrapping this view (not the model) in DDP keeps gradient synchronisation, which only happens for
+    calls through the DDP wrapper, while the model's own ``forward`` stays the plain timm one.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+        return self.model.forward_branches(x)
+
+
+class MultiLabelTask:
+    """Multi-label / attribute training and evaluation.
+
+    Args:
+        loss: a visattn loss. Plain losses are called ``loss(logits, targets, mask=mask)``; losses with
+            ``needs_branches = True`` (VAA) get the model's branch dict (``forward_branches``, through
+            :class:`BranchOutputs`) and the sample indices and epoch:
+            ``loss(branches, targets, mask=mask, indices=index, epoch=epoch)``, then ``after_step``.
+        metric_factory: builds a fresh accumulating metric (``update(scores, targets, mask, indices=)``,
+            ``compute() -> dict``).
+        mask_ignored: exclude ignored labels (``eval_mask`` False: VOC difficult, WIDER unspecified, RAP
+            uncertain) from the loss. Default False: they are trained as negatives, as CSRA and the VAA
+            author do (``datasets.md`` §1, ``train_ignore``).
+    """
+
+    def __init__(
+        self, loss: nn.Module, metric_factory: Callable[[], Any], mask_ignored: bool = False
+    ) -> None:
+        self.loss = loss
+        self.metric_factory = metric_factory
+        self.mask_ignored = mask_ignored
+        self.needs_branches = bool(getattr(loss, "needs_branches", False))
+
+    def train_module(self, model: nn.Module) -> nn.Module:
+        """The module the trainer calls (and wraps in DDP) for training steps."""
+        if self.needs_branches:
+            if not hasattr(model, "forward_branches"):
+                raise ValueError(
+                    f"loss {type(self.loss).__name__} needs a multi-branch model (forward_branches)"
+                )
+            return BranchOutputs(model)
+        return model
+
+    def training_loss(self, model: nn.Module, batch, epoch: int) -> torch.Tensor:
+        images, targets, eval_mask, index = batch
+        mask = eval_mask if self.mask_ignored else None
+        if self.needs_branches:
+            branches = model(images)
+            loss = self.loss(branches, targets, mask=mask, indices=index, epoch=epoch)
+            after = getattr(self.loss, "after_step", None)
+            if after is not None:
+                after(branches, targets, indices=index, epoch=epoch)
+            return loss
+        return self.loss(model(images), targets, mask=mask)
+
+    @torch.no_grad()
+    def evaluate_batch(self, model: nn.Module, batch, metric: Any) -> None:
+        images, targets, mask, index = batch
+        metric.update(torch.sigmoid(model(images).float()), targets, mask, indices=index)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss.state_dict()} if isinstance(self.loss, nn.Module) else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "loss" in state and isinstance(self.loss, nn.Module):
+            self.loss.load_state_dict(state["loss"])

