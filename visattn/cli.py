@@ -1,19 +1,27 @@
 """The ``visattn`` command line.
 
-Subcommands: ``models`` (list registered models), ``info`` (parameters, operation count, feature info and
-input configuration of a model), ``convert`` (official checkpoint → visattn safetensors).
+Subcommands: ``train`` / ``eval`` (YAML recipes, ``--set key=value`` overrides; ``torchrun`` for DDP),
+``predict`` (per-class scores and labels of images), ``models`` (registered models), ``info``
+(parameters, operation count, feature info and input configuration), ``convert`` (official checkpoint →
+visattn safetensors); further commands (``visualize``, ``export``, ``bench``) come from the modules in
+:data:`PLUGINS`, each exposing ``add_subparsers(subparsers)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "PLUGINS"]
+
+# Modules adding subcommands; a module that is not part of this installation is skipped.
+PLUGINS = ("visattn.viz.commands", "visattn.export", "visattn.bench")
 
 
 def _parse_value(text: str) -> Any:
@@ -96,6 +104,60 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from visattn.config import load_config
+    from visattn.engine.build import build_trainer
+
+    config = load_config(args.config, args.set)
+    trainer = build_trainer(config)
+    result = trainer.fit(resume=args.resume)
+    if trainer.dist.is_main:
+        best = result.get("best", {})
+        print(
+            f"done: {config['output']} (best {best.get('metric')} {best.get('value')} at epoch {best.get('epoch')})"
+        )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from visattn.config import load_config
+    from visattn.engine.build import build_trainer
+
+    overrides = list(args.set)
+    if args.checkpoint:
+        overrides.append(f"model.checkpoint_path={args.checkpoint}")
+    config = load_config(args.config, overrides)
+    trainer = build_trainer(config, train=False)
+    metrics = trainer.evaluate()
+    if trainer.dist.is_main:
+        printable = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        print(json.dumps(printable, indent=2))
+        if args.output:
+            Path(args.output).write_text(json.dumps(printable, indent=2))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from visattn.predict import predict_images
+
+    results = predict_images(
+        args.config,
+        args.images,
+        checkpoint=args.checkpoint,
+        overrides=args.set,
+        topk=args.topk,
+        threshold=args.threshold,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        labels = ", ".join(r["labels"]) or "(none above threshold)"
+        top = ", ".join(f"{name} {score:.3f}" for name, score in r["top"])
+        print(f"{r['image']}: {labels}  [top: {top}]")
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from visattn.models.convert import convert_file
 
@@ -110,6 +172,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="visattn", description="Visual attention for image recognition.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a YAML recipe (configs/); torchrun for DDP")
+    p.add_argument("config", help="recipe file, e.g. configs/glyph_canvas_csra.yaml")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=2"
+    )
+    p.add_argument(
+        "--resume", nargs="?", const="auto", default=None, help="resume: a checkpoint, or the run's latest"
+    )
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a recipe's model on its validation split")
+    p.add_argument("config")
+    p.add_argument("--checkpoint", help="weights (.safetensors / .pth) to evaluate")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--output", help="also write the metrics as JSON here")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="per-class scores and predicted labels of image files")
+    p.add_argument("config", help="the recipe the checkpoint was trained with")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("models", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'san*'")
@@ -136,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="converter option, e.g. lam=0.1"
     )
     p.set_defaults(func=_cmd_convert)
+
+    for name in PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name and name.startswith(err.name):
+                continue  # this plugin is not part of this installation
+            raise
+        module.add_subparsers(sub)
     return parser
 
 
@@ -143,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
         print(f"visattn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

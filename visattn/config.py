@@ -28,6 +28,8 @@ class ConfigError(ValueError):
 OPEN: dict[str, Any] = {}
 DEFAULTS: dict[str, Any] = {
     "task": "multilabel",
+    # Options of the task (e.g. label smoothing, mixup, heatmap sigma), read by its builder.
+    "task_kwargs": OPEN,
     "model": {"name": None, "kwargs": OPEN, "pretrained_file": None, "checkpoint_path": None},
     "data": {
         "name": None,

@@ -1,12 +1,15 @@
 """From a recipe to a ready :class:`~visattn.engine.trainer.Trainer`: model, data, loss, metric, task.
 
 Data flows one way: dataset → transforms → model → loss → metrics → logs. Everything a recipe names is
-built here, so ``visattn train``, ``visattn eval`` and the Python API share one path.
+built here, so ``visattn train``, ``visattn eval`` and the Python API share one path. Tasks register a
+:class:`TaskSpec` (``register_task``); ``multilabel`` and ``attribute`` are built in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,31 +20,89 @@ from .distributed import DistInfo, init_distributed
 from .tasks import MultiLabelTask
 from .trainer import Trainer
 
-__all__ = ["build_datasets", "build_model", "build_task", "build_trainer", "TASKS"]
+__all__ = [
+    "TaskSpec",
+    "build_datasets",
+    "build_model",
+    "build_task",
+    "build_trainer",
+    "image_transform",
+    "list_tasks",
+    "register_task",
+]
 
-TASKS = ("multilabel", "attribute")
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How a recipe's ``task:`` is built.
+
+    Attributes:
+        build: ``build(config, model, train_set) -> task`` (see :mod:`visattn.engine.tasks`).
+        transform: ``transform(config, train) -> callable`` given to the datasets; default
+            :func:`image_transform` (the ``data`` section's image transforms).
+    """
+
+    build: Callable[[Mapping[str, Any], nn.Module, Dataset | None], Any]
+    transform: Callable[[Mapping[str, Any], bool], Callable] | None = None
+
+
+_TASKS: dict[str, TaskSpec] = {}
+# Tasks defined in their own modules, imported on first use (each calls register_task on import).
+_TASK_MODULES = {
+    "classification": "visattn.engine.task_classification",
+    "segmentation": "visattn.engine.task_segmentation",
+    "keypoints": "visattn.engine.task_keypoints",
+}
+
+
+def register_task(name: str, spec: TaskSpec) -> None:
+    _TASKS[name] = spec
+
+
+def list_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def _task_spec(config: Mapping[str, Any]) -> TaskSpec:
+    name = config["task"]
+    if name not in _TASKS and name in _TASK_MODULES:
+        importlib.import_module(_TASK_MODULES[name])
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r} (key 'task'); available: {list_tasks()}")
+    return _TASKS[name]
+
+
+def image_transform(config: Mapping[str, Any], train: bool) -> Callable:
+    """The ``data`` section's image transform (classification-style tasks)."""
+    from visattn.data import build_transform
+
+    d = config["data"]
+    return build_transform(
+        train, d["img_size"], d["mean"], d["std"], kind=d["train_transform"], rrc_scale=d["rrc_scale"]
+    )
 
 
 def build_datasets(
     config: Mapping[str, Any], splits: tuple[str, ...] = ("train", "val")
 ) -> dict[str, Dataset]:
     """Datasets of the recipe for the requested roles (``train`` / ``val``) with their transforms."""
-    from visattn.data import build_transform, create_dataset
+    from visattn.data import create_dataset
 
     d = config["data"]
+    make_transform = _task_spec(config).transform or image_transform
     out = {}
     for role in splits:
         train = role == "train"
-        transform = build_transform(
-            train, d["img_size"], d["mean"], d["std"], kind=d["train_transform"], rrc_scale=d["rrc_scale"]
-        )
         split = d["train_split"] if train else d["val_split"]
-        out[role] = create_dataset(d["name"], split=split, transform=transform, **d["kwargs"])
+        out[role] = create_dataset(
+            d["name"], split=split, transform=make_transform(config, train), **d["kwargs"]
+        )
     return out
 
 
-def _num_classes(dataset: Dataset) -> int | None:
-    names = getattr(dataset, "class_names", None)
+def num_classes_of(dataset: Dataset) -> int | None:
+    """Class count a dataset declares (``class_names`` or a 2-D ``targets`` matrix), if any."""
+    names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
     if names is not None:
         return len(names)
     targets = getattr(dataset, "targets", None)
@@ -82,12 +143,13 @@ def _build_loss(config: Mapping[str, Any], model: nn.Module, train_set: Dataset 
     return create_loss(name, **kwargs)
 
 
-def build_task(config: Mapping[str, Any], model: nn.Module, train_set: Dataset | None) -> MultiLabelTask:
+def _multilabel_task(
+    config: Mapping[str, Any], model: nn.Module, train_set: Dataset | None
+) -> MultiLabelTask:
     from visattn.metrics import AttributeMetrics, MultiLabelMetrics
 
-    task = config["task"]
     e = config["eval"]
-    if task == "multilabel":
+    if config["task"] == "multilabel":
         options = {"thr": e["threshold"]}
         if e["preset"]:
             options["preset"] = e["preset"]
@@ -95,15 +157,22 @@ def build_task(config: Mapping[str, Any], model: nn.Module, train_set: Dataset |
         def metric_factory():
             return MultiLabelMetrics(**options)
 
-    elif task == "attribute":
+    else:
 
         def metric_factory():
             return AttributeMetrics(thr=e["threshold"])
 
-    else:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     loss = _build_loss(config, model, train_set)
     return MultiLabelTask(loss, metric_factory, mask_ignored=config["loss"]["mask_ignored"])
+
+
+register_task("multilabel", TaskSpec(_multilabel_task))
+register_task("attribute", TaskSpec(_multilabel_task))
+
+
+def build_task(config: Mapping[str, Any], model: nn.Module, train_set: Dataset | None) -> Any:
+    """The recipe's task object (loss + metric) for ``model``."""
+    return _task_spec(config).build(config, model, train_set)
 
 
 def build_trainer(config: Mapping[str, Any], dist: DistInfo | None = None, train: bool = True) -> Trainer:
@@ -111,6 +180,6 @@ def build_trainer(config: Mapping[str, Any], dist: DistInfo | None = None, train
     dist = dist or init_distributed()
     data = build_datasets(config, ("train", "val") if train else ("val",))
     reference = data.get("train", data["val"])
-    model = build_model(config, _num_classes(reference))
+    model = build_model(config, num_classes_of(reference))
     task = build_task(config, model, data.get("train"))
     return Trainer(config, model, task, data.get("train"), data["val"], dist=dist)

@@ -141,6 +141,9 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+            names = getattr(self.train_set, "class_names", None)
+            if names is not None:
+                (self.out / "class_names.json").write_text(json.dumps([str(n) for n in names]))
         logger = _Logger(self.out) if self.dist.is_main else None
         last: dict[str, Any] = {}
         for epoch in range(self.start_epoch, self.epochs):
