@@ -13,10 +13,10 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
+from model_contract import check_classifier_contract
 
 import visattn
 import visattn.models.csra  # noqa: F401  (registers the models)
-from model_contract import check_classifier_contract
 from visattn.models import count_parameters
 from visattn.models._backbone import (
     create_backbone,

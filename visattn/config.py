@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
         "log_interval": 50,
         "max_steps_per_epoch": None,
         "channels_last": False,
+        "sync_bn": False,
     },
     "eval": {"metric": "mAP", "mode": "max", "every": 1, "threshold": 0.5, "preset": None},
     "output": "runs/default",

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .distributed import DistInfo, init_distributed
+from .distributed import DistInfo, init_distributed, seed_everything
 from .tasks import MultiLabelTask
 from .trainer import Trainer
 
@@ -178,6 +178,9 @@ def build_task(config: Mapping[str, Any], model: nn.Module, train_set: Dataset |
 def build_trainer(config: Mapping[str, Any], dist: DistInfo | None = None, train: bool = True) -> Trainer:
     """Model, datasets, task and trainer of a recipe (``train=False``: evaluation only)."""
     dist = dist or init_distributed()
+    # Same seed on every rank before anything random is built: identical initial weights everywhere and
+    # in every run of the recipe (per-rank seeds for augmentation are set by the trainer per epoch).
+    seed_everything(config["train"]["seed"])
     data = build_datasets(config, ("train", "val") if train else ("val",))
     reference = data.get("train", data["val"])
     model = build_model(config, num_classes_of(reference))

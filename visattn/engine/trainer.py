@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .checkpoint import (
     latest_checkpoint,
@@ -59,6 +59,10 @@ class Trainer:
         tcfg = config["train"]
         seed_everything(tcfg["seed"], self.dist.rank)
         model = model.to(self.dist.device)
+        if tcfg["sync_bn"] and self.dist.device.type != "cuda":
+            raise ValueError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
+        if tcfg["sync_bn"] and self.dist.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if tcfg["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -97,14 +101,16 @@ class Trainer:
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         dcfg = self.config["data"]
         batch = dcfg["batch_size"] if train else (dcfg["eval_batch_size"] or dcfg["batch_size"])
-        if self.dist.distributed:
-            sampler = DistributedSampler(
-                dataset, shuffle=train, seed=self.config["train"]["seed"], drop_last=False
-            )
-        elif train:
-            sampler = RandomSampler(dataset, generator=torch.Generator())
-        else:
-            sampler = SequentialSampler(dataset)
+        # The same sampler in one process and in N: one process with batch N·b sees exactly the global
+        # batches of N processes with batch b (DistributedSampler's permutation of (seed, epoch)).
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=train,
+            seed=self.config["train"]["seed"],
+            drop_last=False,
+        )
         return DataLoader(
             dataset,
             batch_size=batch,
@@ -116,12 +122,9 @@ class Trainer:
         )
 
     def _set_epoch(self, epoch: int) -> None:
-        # The data order depends only on (seed, epoch): a resumed run repeats it exactly.
-        sampler = self.train_loader.sampler
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        elif isinstance(sampler, RandomSampler):
-            sampler.generator.manual_seed(self.config["train"]["seed"] * 1000003 + epoch)
+        # Data order and augmentation randomness depend only on (seed, epoch, rank): a resumed run
+        # repeats an uninterrupted one exactly.
+        self.train_loader.sampler.set_epoch(epoch)
         seed_everything(self.config["train"]["seed"] * 7919 + epoch, self.dist.rank)
 
     def _to_device(self, batch):
@@ -132,8 +135,12 @@ class Trainer:
         return (images, *[r.to(self.dist.device) if torch.is_tensor(r) else r for r in rest])
 
     # ------------------------------------------------------------------ loop
-    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
-        """Train for the configured epochs (from a checkpoint if ``resume``: a path or ``"auto"``)."""
+    def fit(self, resume: str | Path | None = None, until_epoch: int | None = None) -> dict[str, Any]:
+        """Train for the configured epochs (from a checkpoint if ``resume``: a path or ``"auto"``).
+
+        ``until_epoch`` stops after that epoch (1-based) with the schedule of the full run, e.g. to split
+        training across job time limits; ``resume="auto"`` continues it.
+        """
         if self.train_loader is None:
             raise ValueError("fit() needs a training set")
         if resume:
@@ -146,7 +153,8 @@ class Trainer:
                 (self.out / "class_names.json").write_text(json.dumps([str(n) for n in names]))
         logger = _Logger(self.out) if self.dist.is_main else None
         last: dict[str, Any] = {}
-        for epoch in range(self.start_epoch, self.epochs):
+        stop = self.epochs if until_epoch is None else min(self.epochs, int(until_epoch))
+        for epoch in range(self.start_epoch, stop):
             t0 = time.perf_counter()
             train_loss = self.train_one_epoch(epoch)
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self._lr()}
@@ -207,6 +215,10 @@ class Trainer:
             count += batch[0].shape[0]
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self._lr():.3g}")
+        if self.dist.distributed:  # report the loss of the global batch, not of rank 0's shard
+            sums = torch.tensor([total, float(count)], dtype=torch.float64, device=self.dist.device)
+            torch.distributed.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
         return total / max(count, 1)
 
     @torch.no_grad()

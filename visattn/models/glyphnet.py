@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.layers import ClassifierHead
+from timm.layers import ClassifierHead, get_norm_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
@@ -46,9 +46,10 @@ class GlyphNet(nn.Module):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         act_layer: type[nn.Module] = nn.ReLU,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        norm_layer: str | type[nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
+        norm_layer = get_norm_layer(norm_layer)  # also accepts names: "groupnorm", "layernorm2d", ...
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         widths = (width, width, 2 * width, 4 * width, 4 * width)
