@@ -10,6 +10,11 @@ from .local_attention import (
     register_implementation,
 )
 
+# Memory-lean CPU path (priority over the reference for CPU float tensors).
+from .fast_cpu import register as _register_fast_cpu  # noqa: E402
+
+_register_fast_cpu()
+
 __all__ = [
     "LocalGeometry",
     "available_implementations",
