@@ -82,3 +82,92 @@ def _register_builtin_formats() -> None:
 
 
 _register_builtin_formats()
+
+
+# ------------------------------------------------------------------------------------ single-label
+# Items ``(image, label)``. Every builder below accepts ``label_noise`` (``visattn.data.label_noise``:
+# ``{clean_ratio: 0.7, seed: 0}`` or ``{confusion: [[...]]}``), applied to the train split only.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+
+
+def _with_label_noise(build: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    def builder(split: str, transform=None, label_noise: dict | None = None, **kwargs: Any) -> Dataset:
+        from .label_noise import apply_label_noise
+
+        return apply_label_noise(build(split=split, transform=transform, **kwargs), split, label_noise)
+
+    builder.__doc__ = build.__doc__
+    return builder
+
+
+def _imagefolder(
+    split: str, transform=None, root: str | None = None, splits: dict | None = None, **kwargs: Any
+) -> Dataset:
+    """``root/<split>/<class>/...`` (ImageNet: ``train``, ``val``), or ``splits: {train: dir, val: dir}``."""
+    from pathlib import Path
+
+    from .imagefolder import ImageFolder
+
+    if splits is not None:
+        if split not in splits:
+            raise ValueError(f"data.kwargs.splits must map the split {split!r} to a folder, got {splits!r}")
+        folder = Path(splits[split])
+    elif root is not None:
+        folder = Path(root) / split
+    else:
+        raise ValueError(
+            "imagefolder needs data.kwargs.root (holding <split>/<class>/...) or data.kwargs.splits"
+        )
+    return ImageFolder(folder, transform=transform, **kwargs)
+
+
+def _cifar(cls_name: str) -> Callable[..., Dataset]:
+    def build(split: str, transform=None, root: str | None = None, **kwargs: Any) -> Dataset:
+        from . import cifar
+
+        if root is None:
+            raise ValueError(f"{cls_name} needs data.kwargs.root (the folder of the python-version files)")
+        return getattr(cifar, cls_name)(root, split=split, transform=transform, **kwargs)
+
+    return build
+
+
+def _idx(
+    split: str,
+    transform=None,
+    root: str | None = None,
+    images: str | None = None,
+    labels: str | None = None,
+    classes: list | None = None,
+    **kwargs: Any,
+) -> Dataset:
+    """IDX files: a folder with the standard MNIST names (``root``), or ``images``/``labels`` per split."""
+    from .idx import IDXDataset
+
+    if classes is not None:
+        kwargs["classes"] = classes
+    if images is not None:
+        pick = lambda v: v[split] if isinstance(v, dict) else v  # noqa: E731
+        return IDXDataset(pick(images), pick(labels), transform=transform, **kwargs)
+    if root is None:
+        raise ValueError("idx needs data.kwargs.root (a folder of {train,t10k}-*-ubyte[.gz] files)")
+    return IDXDataset(root, split=split, transform=transform, **kwargs)
+
+
+def _fashion_mnist(split: str, transform=None, root: str = FASHION_MNIST_DIR, **kwargs: Any) -> Dataset:
+    """Fashion-MNIST (IDX) with its class names; default root: the Debian package's folder."""
+    from .idx import FASHION_MNIST_CLASSES, IDXDataset
+
+    kwargs.setdefault("classes", FASHION_MNIST_CLASSES)
+    return IDXDataset(root, split=split, transform=transform, **kwargs)
+
+
+for _name, _build in (
+    ("imagefolder", _imagefolder),
+    ("cifar10", _cifar("CIFAR10")),
+    ("cifar100", _cifar("CIFAR100")),
+    ("idx", _idx),
+    ("mnist", _idx),
+    ("fashion_mnist", _fashion_mnist),
+):
+    register_dataset(_name, _with_label_noise(_build))

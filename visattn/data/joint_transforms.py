@@ -219,7 +219,11 @@ def transform_points(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor
     """Apply a 3×3 affine ``matrix`` (or a batch ``(B, 3, 3)`` to ``(B, K, 2)``) to ``(..., 2)`` points."""
     m = matrix.to(torch.float64)
     p = points.to(torch.float64)
-    out = p @ m[..., :2, :2].transpose(-1, -2) + m[..., None, :2, 2] if m.dim() == 3 else p @ m[:2, :2].T + m[:2, 2]
+    out = (
+        p @ m[..., :2, :2].transpose(-1, -2) + m[..., None, :2, 2]
+        if m.dim() == 3
+        else p @ m[:2, :2].T + m[:2, 2]
+    )
     return out.to(points.dtype)
 
 
@@ -280,7 +284,11 @@ class TopDownTransform:
         self.sigma = float(sigma)
         self.mean, self.std = list(mean), list(std)
         self.padding = padding
-        self.scale_factor, self.rotation_factor, self.rotation_prob = scale_factor, rotation_factor, rotation_prob
+        self.scale_factor, self.rotation_factor, self.rotation_prob = (
+            scale_factor,
+            rotation_factor,
+            rotation_prob,
+        )
         self.flip = flip
         self.flip_pairs = tuple(tuple(p) for p in flip_pairs) if flip_pairs is not None else None
         self.quantize = quantize

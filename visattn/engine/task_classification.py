@@ -161,9 +161,7 @@ def build_classification_task(
     options = dict(config.get("task_kwargs") or {})
     unknown = sorted(set(options) - set(TASK_OPTIONS))
     if unknown:
-        raise ValueError(
-            f"task classification: unknown task_kwargs {unknown} (known: {list(TASK_OPTIONS)})"
-        )
+        raise ValueError(f"task classification: unknown task_kwargs {unknown} (known: {list(TASK_OPTIONS)})")
     topk = tuple(options.get("topk", (1, 5)))
     allowed = {f"top{k}" for k in topk} | set(SCALAR_METRICS)
     metric = config["eval"]["metric"]

@@ -60,7 +60,25 @@ COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), 
 # Per-keypoint OKS constants of COCO (pycocotools' ``kpt_oks_sigmas``).
 COCO_SIGMAS = tuple(
     v / 10.0
-    for v in (0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89)
+    for v in (
+        0.26,
+        0.25,
+        0.25,
+        0.35,
+        0.35,
+        0.79,
+        0.79,
+        0.72,
+        0.72,
+        0.62,
+        0.62,
+        1.07,
+        1.07,
+        0.87,
+        0.87,
+        0.89,
+        0.89,
+    )
 )
 STATS_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
@@ -78,14 +96,18 @@ def flip_pairs_from_names(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
 
 
 # ------------------------------------------------------------------------------------------ coordinates
-def input_to_heatmap(points: torch.Tensor, input_size: Sequence[int], heatmap_size: Sequence[int]) -> torch.Tensor:
+def input_to_heatmap(
+    points: torch.Tensor, input_size: Sequence[int], heatmap_size: Sequence[int]
+) -> torch.Tensor:
     """Input-pixel ``(..., 2)`` ``(x, y)`` → heatmap coordinates (UDP mapping); sizes are ``(H, W)``."""
     sx = (heatmap_size[1] - 1) / max(input_size[1] - 1, 1)
     sy = (heatmap_size[0] - 1) / max(input_size[0] - 1, 1)
     return points * points.new_tensor([sx, sy])
 
 
-def heatmap_to_input(points: torch.Tensor, input_size: Sequence[int], heatmap_size: Sequence[int]) -> torch.Tensor:
+def heatmap_to_input(
+    points: torch.Tensor, input_size: Sequence[int], heatmap_size: Sequence[int]
+) -> torch.Tensor:
     """Inverse of :func:`input_to_heatmap`."""
     sx = (input_size[1] - 1) / max(heatmap_size[1] - 1, 1)
     sy = (input_size[0] - 1) / max(heatmap_size[0] - 1, 1)
@@ -136,7 +158,7 @@ def _modulate(heat: torch.Tensor, kernel: int) -> torch.Tensor:
     g = _gaussian_kernel(kernel).to(heat)
     pad = kernel // 2
     x = heat.reshape(B * K, 1, H, W)
-    mode = "reflect" if H > pad and W > pad else "replicate"
+    mode = "reflect" if pad < H and pad < W else "replicate"
     x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode=mode), g.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, pad, pad), mode=mode), g.view(1, 1, -1, 1))
     x = x.reshape(B, K, H, W)
@@ -422,7 +444,16 @@ class KeypointMetrics:
         for image_id in np.unique(image_ids):
             rows = np.flatnonzero(image_ids == image_id)
             keep = (
-                rows[oks_nms(kpts[rows], scores[rows], areas[rows], self.oks_thresh, self.sigmas, self.in_vis_thresh)]
+                rows[
+                    oks_nms(
+                        kpts[rows],
+                        scores[rows],
+                        areas[rows],
+                        self.oks_thresh,
+                        self.sigmas,
+                        self.in_vis_thresh,
+                    )
+                ]
                 if self.use_nms
                 else rows
             )

@@ -9,8 +9,8 @@ from . import csra, glyphnet, psa, resattnet, san, vaa
 from ._registry import create_model, is_model, list_models, register_model
 from .complexity import count_macs, count_parameters
 from .convert import convert_checkpoint, convert_file, list_converters
-from .csra import residual_attention
 from .insert import insert_attention
+from .training_free import ResidualAttentionClassifier, residual_attention
 from .weights import load_weights, read_state_dict, save_weights
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "load_weights",
     "psa",
     "read_state_dict",
+    "ResidualAttentionClassifier",
     "register_model",
     "resattnet",
     "residual_attention",

@@ -1,5 +1,7 @@
 """Low-level kernels: SAN's local subtraction / aggregation operators (reference + pluggable fast paths)."""
 
+# Memory-lean CPU path (priority over the reference for CPU float tensors).
+from .fast_cpu import register as _register_fast_cpu  # noqa: E402
 from .local_attention import (
     LocalGeometry,
     available_implementations,
@@ -9,9 +11,6 @@ from .local_attention import (
     observe_calls,
     register_implementation,
 )
-
-# Memory-lean CPU path (priority over the reference for CPU float tensors).
-from .fast_cpu import register as _register_fast_cpu  # noqa: E402
 
 _register_fast_cpu()
 

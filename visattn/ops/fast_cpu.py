@@ -147,6 +147,8 @@ def _aggregation_backward(
         Hp, Wp = g.in_size[0] + 2 * g.padding[0], g.in_size[1] + 2 * g.padding[1]
         gxp = torch.zeros(B, J, Cw, Hp, Wp, dtype=acc, device=x.device)
     w6 = w.contiguous().view(B, 1, Cw, g.num_taps, Ho, Wo)
+    if torch.is_grad_enabled():  # double backward (create_graph=True): no out= arguments
+        return _aggregation_backward_differentiable(xp, w6, go, gxp, g, x.dtype)
     for bs, js in _chunks(B, J, Cw * Ho * Wo):
         goc, wc = go[bs, js], w6[bs]
         if need_w:
@@ -168,6 +170,20 @@ def _aggregation_backward(
         grad_x = _fold_padding(gxp.view(B, C, *gxp.shape[-2:]), g).to(x.dtype)
     if need_w:
         grad_w = gw.view(B, Cw, g.num_taps, Ho * Wo).to(w.dtype)
+    return grad_x, grad_w
+
+
+def _aggregation_backward_differentiable(xp, w6, go, gxp, g: LocalGeometry, dtype: torch.dtype):
+    """The backward pass of :func:`_aggregation_backward` with autograd-friendly ops only."""
+    B, J, Cw = go.shape[:3]
+    grad_x = grad_w = None
+    if gxp is not None:
+        for k, rows, cols in _taps(g):
+            gxp[..., rows, cols] += w6[:, :, :, k] * go
+        grad_x = _fold_padding(gxp.view(B, J * Cw, *gxp.shape[-2:]), g).to(dtype)
+    if xp is not None:
+        per_tap = [(go * xp[..., rows, cols]).sum(dim=1) for _, rows, cols in _taps(g)]
+        grad_w = torch.stack(per_tap, dim=2).flatten(3).to(dtype)
     return grad_x, grad_w
 
 
