@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": None,
         "workers": 0,
         "channels": 3,
+        "shuffle": True,
+        "resize_before": None,
+        "rrc_ratio": [0.75, 1.3333333333333333],
     },
     "loss": {"name": "bce", "kwargs": OPEN, "mask_ignored": False},
     "optim": {
@@ -66,6 +69,8 @@ DEFAULTS: dict[str, Any] = {
         "warmup_lr": 1e-6,
         "min_lr": 0.0,
         "step_on_epochs": True,
+        "patience_epochs": 10,
+        "plateau_threshold": 1e-4,
     },
     "train": {
         "epochs": 1,

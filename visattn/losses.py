@@ -421,6 +421,7 @@ class VAALoss(nn.Module):
         num_attention: int | None = None,
         history_source: str = "fused",
         include_primary: bool = True,
+        attention_weight: float = 1.0,
         gamma: float | None = None,
         sync_history: bool = True,
         reduction: str = "mean",
@@ -436,6 +437,7 @@ class VAALoss(nn.Module):
             raise ValueError(f"unknown history_source {history_source!r}; expected 'fused' or 'branch'")
         self.variant, self.loss_name, self.history_source = variant, loss, history_source
         self.include_primary, self.sync_history = include_primary, sync_history
+        self.attention_weight = float(attention_weight)  # 0: primary branch only (the code's stage 1)
         self.attention = BCEWithLogits(reduction)  # attention branches without history (loss='bce')
         self.histories: nn.ModuleList | None = None
         if loss == "bce":
@@ -480,6 +482,7 @@ class VAALoss(nn.Module):
                 term = self.attention(logits, targets, mask)
             else:
                 term = self._history(b)(logits, targets, indices, epoch, mask)  # type: ignore[arg-type]
+            term = self.attention_weight * term
             total = term if total is None else total + term
         if total is None:
             raise ValueError("no branch to compute a loss on")

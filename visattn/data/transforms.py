@@ -38,6 +38,8 @@ def build_transform(
     std: Sequence[float] = (1.0, 1.0, 1.0),
     kind: str = "flip_rrc",
     rrc_scale: Sequence[float] = (0.7, 1.0),
+    rrc_ratio: Sequence[float] = (3 / 4, 4 / 3),
+    resize_before: int | None = None,
 ) -> v2.Compose:
     """Training or evaluation transform for square inputs of ``img_size``."""
     kind, _, randaug = kind.partition("+")
@@ -50,6 +52,10 @@ def build_transform(
             f"after '+' a timm RandAugment string is expected (e.g. rand-m9-mstd0.5), got {randaug!r}"
         )
     steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if resize_before:  # e.g. VAA: every crop squashed to 256x256 first; test = centre crop of it
+        steps.append(v2.Resize((resize_before, resize_before), antialias=True))
+        if not train:
+            steps.append(v2.CenterCrop(img_size))
     if kind in ("imagenet", "pad_crop"):
         steps += _single_label_steps(train, img_size, kind, rrc_scale)
         if train and randaug:
@@ -60,7 +66,9 @@ def build_transform(
     if train and kind in ("flip_rrc", "flip"):
         steps.append(v2.RandomHorizontalFlip())
     if train and kind == "flip_rrc":
-        steps.append(v2.RandomResizedCrop(img_size, scale=tuple(rrc_scale), antialias=True))
+        steps.append(
+            v2.RandomResizedCrop(img_size, scale=tuple(rrc_scale), ratio=tuple(rrc_ratio), antialias=True)
+        )
     steps.append(v2.Resize((img_size, img_size), antialias=True))
     if list(mean) != [0.0] * len(mean) or list(std) != [1.0] * len(std):
         steps.append(v2.Normalize(list(mean), list(std)))

@@ -78,7 +78,14 @@ def image_transform(config: Mapping[str, Any], train: bool) -> Callable:
 
     d = config["data"]
     return build_transform(
-        train, d["img_size"], d["mean"], d["std"], kind=d["train_transform"], rrc_scale=d["rrc_scale"]
+        train,
+        d["img_size"],
+        d["mean"],
+        d["std"],
+        kind=d["train_transform"],
+        rrc_scale=d["rrc_scale"],
+        rrc_ratio=d["rrc_ratio"],
+        resize_before=d["resize_before"],
     )
 
 
@@ -162,7 +169,12 @@ def _multilabel_task(
         def metric_factory():
             return AttributeMetrics(thr=e["threshold"])
 
-    loss = _build_loss(config, model, train_set)
+    if train_set is None:  # evaluation only: the loss is never called, and priors need the training split
+        from visattn.losses import create_loss
+
+        loss = create_loss("bce")
+    else:
+        loss = _build_loss(config, model, train_set)
     return MultiLabelTask(loss, metric_factory, mask_ignored=config["loss"]["mask_ignored"])
 
 

@@ -68,7 +68,11 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], epochs: int, updates_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    cfg: Mapping[str, Any],
+    epochs: int,
+    updates_per_epoch: int,
+    mode: str = "max",
 ):
     """timm scheduler: ``step`` / ``multistep`` / ``cosine`` / ``plateau`` …, with linear warm-up.
 
@@ -86,5 +90,9 @@ def build_scheduler(
         warmup_epochs=cfg["warmup_epochs"],
         step_on_epochs=cfg["step_on_epochs"],
         updates_per_epoch=updates_per_epoch,
+        patience_epochs=cfg.get("patience_epochs", 10),
+        plateau_mode=mode,
     )
+    if cfg["name"] == "plateau":  # relative improvement needed to reset the patience (0: any improvement)
+        scheduler.lr_scheduler.threshold = cfg.get("plateau_threshold", 1e-4)
     return scheduler

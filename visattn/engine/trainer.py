@@ -80,7 +80,9 @@ class Trainer:
             steps = min(steps, int(tcfg["max_steps_per_epoch"]))
         self.steps_per_epoch = steps
         self.optimizer = build_optimizer(model, config["optim"])
-        self.scheduler = build_scheduler(self.optimizer, config["sched"], self.epochs, steps)
+        self.scheduler = build_scheduler(
+            self.optimizer, config["sched"], self.epochs, steps, config["eval"]["mode"]
+        )
         amp_dtype = getattr(torch, tcfg["amp_dtype"])
         self.autocast = (
             (lambda: torch.autocast(self.dist.device.type, dtype=amp_dtype)) if tcfg["amp"] else nullcontext
@@ -107,7 +109,7 @@ class Trainer:
             dataset,
             num_replicas=self.dist.world_size,
             rank=self.dist.rank,
-            shuffle=train,
+            shuffle=train and dcfg["shuffle"],
             seed=self.config["train"]["seed"],
             drop_last=False,
         )
@@ -261,6 +263,8 @@ class Trainer:
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            # timm's PlateauLRScheduler saves only `best`: keep torch's patience/cooldown counters too
+            "plateau": getattr(getattr(self.scheduler, "lr_scheduler", None), "state_dict", dict)(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "task": self.task.state_dict(),
             "best": {k: v for k, v in self.best.items() if v is not None},
@@ -285,6 +289,8 @@ class Trainer:
                 self.ema.module.load_state_dict(ema_sd, strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("plateau") and hasattr(self.scheduler, "lr_scheduler"):
+            self.scheduler.lr_scheduler.load_state_dict(state["plateau"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.task.load_state_dict(state.get("task", {}))
