@@ -49,9 +49,26 @@ def test_convert_san_official_file(tmp_path, capsys):
     official = {f"module.{k}": v for k, v in model.official_state_dict().items()}
     src, dst = tmp_path / "official.pth", tmp_path / "converted.safetensors"
     torch.save({"epoch": 3, "state_dict": official}, src)
-    assert main(["convert", "--from", "san-official", str(src), str(dst), "--set", "allow_custom=True", "--set", "kernels=[3, 3, 3, 3, 3]"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "san-official",
+                str(src),
+                str(dst),
+                "--set",
+                "allow_custom=True",
+                "--set",
+                "kernels=[3, 3, 3, 3, 3]",
+            ]
+        )
+        == 0
+    )
     assert "loads it strictly" in capsys.readouterr().out
-    converted = convert_checkpoint("san-official", official, allow_custom=True, kernels=[3] * 5).build().eval()
+    converted = (
+        convert_checkpoint("san-official", official, allow_custom=True, kernels=[3] * 5).build().eval()
+    )
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(converted(x), model.eval()(x))
@@ -78,7 +95,14 @@ def test_train_eval_predict_resume_on_builtin_data(tmp_path, capsys):
 
     capsys.readouterr()
     metrics_file = tmp_path / "metrics.json"
-    eval_args = ["eval", str(RECIPE), "--checkpoint", str(out / "best.safetensors"), "--output", str(metrics_file)]
+    eval_args = [
+        "eval",
+        str(RECIPE),
+        "--checkpoint",
+        str(out / "best.safetensors"),
+        "--output",
+        str(metrics_file),
+    ]
     assert main([*eval_args, *sum((["--set", o] for o in TINY), [])]) == 0
     metrics = json.loads(metrics_file.read_text())
     assert 0 < metrics["mAP"] <= 1 and metrics["num_samples"] == 48
@@ -88,7 +112,10 @@ def test_train_eval_predict_resume_on_builtin_data(tmp_path, capsys):
     canvas[20:40, 28:34] = 255  # a bar: whatever the model says, predict must run and be well-formed
     Image.fromarray(canvas.numpy()).save(image)
     capsys.readouterr()
-    assert main(["predict", str(RECIPE), str(image), "--checkpoint", str(out / "best.safetensors"), "--json"]) == 0
+    assert (
+        main(["predict", str(RECIPE), str(image), "--checkpoint", str(out / "best.safetensors"), "--json"])
+        == 0
+    )
     (result,) = json.loads(capsys.readouterr().out)
     assert set(result["scores"]) == {str(d) for d in range(10)}
     assert all(0 <= s <= 1 for s in result["scores"].values()) and len(result["top"]) == 5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: _base_ chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        # A run's config.json is JSON: YAML 1.1 would read its `1e-05` as a string.
+        text = path.read_text()
+        data = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

@@ -98,6 +98,9 @@ class Trainer:
         self.best: dict[str, Any] = {"value": None, "epoch": None}
         self.history: list[dict[str, Any]] = []
         self.verbose = True
+        # Report PNGs (visattn.viz.report) at the end of fit, when matplotlib is installed.
+        self.write_report = True
+        self.last_metrics: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ data
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
@@ -163,6 +166,7 @@ class Trainer:
             ecfg = self.config["eval"]
             if self.val_set is not None and ((epoch + 1) % ecfg["every"] == 0 or epoch + 1 == self.epochs):
                 metrics = self.evaluate()
+                self.last_metrics = metrics
                 row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 if self.ema is not None:
                     ema_metrics = self.evaluate(self.ema.module)
@@ -179,7 +183,20 @@ class Trainer:
             last = row
         if logger is not None:
             logger.close()
+        if self.dist.is_main and self.write_report:
+            self._write_report()
         return {**last, "best": dict(self.best)}
+
+    def _write_report(self) -> None:
+        """Training report PNGs next to ``log.csv``; needs matplotlib and never fails a finished run."""
+        try:
+            from visattn.viz.report import write_training_report
+        except ImportError:
+            return
+        try:
+            write_training_report(self.out, metrics=self.last_metrics, metrics_source="last epoch")
+        except Exception as err:  # a report problem must not lose the trained model
+            print(f"training report skipped: {type(err).__name__}: {err}", file=sys.stderr)
 
     def train_one_epoch(self, epoch: int) -> float:
         self.ddp_model.train()

@@ -218,6 +218,10 @@ def _notify(op: str, out: torch.Tensor, g: LocalGeometry) -> torch.Tensor:
 
 
 def _pick(impl: str, x: torch.Tensor) -> _Implementation:
+    if impl == "auto" and torch.onnx.is_in_onnx_export():
+        # Both ONNX exporters trace the pure-PyTorch reference; fast paths (autograd Functions, chunk
+        # loops) do not export (TorchScript) or unroll into huge graphs (dynamo).
+        return _IMPLEMENTATIONS["reference"]
     if impl == "auto":
         for cand in sorted(_IMPLEMENTATIONS.values(), key=lambda i: -i.priority):
             if cand.supports(x):
