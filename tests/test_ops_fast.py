@@ -21,6 +21,15 @@ FAST = dict(impl="fast_cpu")
 REF = dict(impl="reference")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Thousands of tiny ops (gradcheck): OpenMP barriers would dominate on a loaded machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _out_size(H, W, k, s, d, p):
     return (H + 2 * p - (d * (k - 1) + 1)) // s + 1, (W + 2 * p - (d * (k - 1) + 1)) // s + 1
 
@@ -194,12 +203,20 @@ def test_memory_layouts_and_partial_gradients():
     torch.testing.assert_close(a.grad, ra.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [1, 40, 300])
-def test_chunked_accumulation(monkeypatch, chunk):
-    """Batch and channel-group chunks (including channel groups split within one image)."""
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("chunk", [1, 100, 300])
+def test_chunked_accumulation(monkeypatch, chunk, threads):
+    """Batch and weight-channel chunks, with one or two intra-op threads."""
     monkeypatch.setattr(fast_cpu, "_CHUNK_ELEMENTS", chunk)
     x1, x2, w = _inputs(3, 12, 3, 6, 7, 3, 1, 1, seed=9)
-    _compare(dict(kernel_size=3, padding_mode="reflect"), (x1, x2), (x1, w))
+    torch.set_num_threads(threads)
+    try:
+        _compare(dict(kernel_size=3, padding_mode="reflect"), (x1, x2), (x1, w))
+        with torch.inference_mode():
+            got = local_aggregation(x1, w, 3, **FAST)
+        torch.testing.assert_close(got, local_aggregation(x1, w, 3, **REF))
+    finally:
+        torch.set_num_threads(1)
 
 
 class _LargestTensor(TorchDispatchMode):

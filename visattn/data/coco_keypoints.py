@@ -281,6 +281,12 @@ class COCOKeypoints(Dataset):
 
 
 def _coco_keypoints(split: str, transform=None, **kwargs: Any) -> Dataset:
+    # Per-split values for the file options, e.g. det_file: {val: dets.json} (GT boxes for training).
+    for key in ("ann_file", "image_dir", "det_file", "det_score_thresh"):
+        if isinstance(kwargs.get(key), dict):
+            value = kwargs.pop(key).get(split)
+            if value is not None:
+                kwargs[key] = value
     return COCOKeypoints(split=split, transform=transform, **kwargs)
 
 

@@ -102,7 +102,9 @@ def glyph_placements(canvas: GlyphCanvasDataset) -> list[list[Placement]]:
     for i, placed in enumerate(placements):
         rebuilt = np.zeros((S, S), dtype=np.uint8)
         for _, g, oy, ox in placed:
-            np.maximum(rebuilt[oy : oy + 28, ox : ox + 28], glyphs[g], out=rebuilt[oy : oy + 28, ox : ox + 28])
+            np.maximum(
+                rebuilt[oy : oy + 28, ox : ox + 28], glyphs[g], out=rebuilt[oy : oy + 28, ox : ox + 28]
+            )
         if not np.array_equal(rebuilt, images[i]):
             raise RuntimeError(f"canvas {i}: the glyph placements do not re-compose the canvas")
     return placements

@@ -139,6 +139,8 @@ class NoisyLabels(Dataset):
             )
         names = getattr(dataset, "class_names", None)
         if num_classes is None:
+            if names is None and confusion is None:
+                raise ValueError("label noise: the dataset has no class_names; pass num_classes")
             num_classes = len(names) if names is not None else len(np.asarray(confusion))
         q = (
             symmetric_confusion(num_classes, clean_ratio)

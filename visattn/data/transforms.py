@@ -7,7 +7,7 @@ kept). Normalisation defaults to none (mean 0, std 1: CSRA feeds [0, 1] images).
 
 Single-label kinds (spec ``san.md`` §5, ``residual_attention.md`` §5):
 
-* ``imagenet``: training RandomResizedCrop(``img_size``, scale ``rrc_scale``, ratio 3/4–4/3) + horizontal flip
+* ``imagenet``: training RandomResizedCrop(``img_size``, scale ``rrc_scale``, ratio ``rrc_ratio``) + horizontal flip
   (torchvision/SAN; use ``rrc_scale: [0.08, 1.0]`` for the standard recipe); evaluation resizes the shorter
   side to ``round(img_size / 0.875)`` and centre-crops ``img_size`` (Resize(256) + CenterCrop(224)).
 * ``pad_crop``: the CIFAR recipe — resize to ``img_size`` if needed, pad by ``img_size // 8`` (4 px at 32)
@@ -57,7 +57,7 @@ def build_transform(
         if not train:
             steps.append(v2.CenterCrop(img_size))
     if kind in ("imagenet", "pad_crop"):
-        steps += _single_label_steps(train, img_size, kind, rrc_scale)
+        steps += _single_label_steps(train, img_size, kind, rrc_scale, rrc_ratio)
         if train and randaug:
             steps += _randaugment(randaug, img_size, mean)
         if list(mean) != [0.0] * len(mean) or list(std) != [1.0] * len(std):
@@ -75,11 +75,15 @@ def build_transform(
     return v2.Compose(steps)
 
 
-def _single_label_steps(train: bool, img_size: int, kind: str, rrc_scale: Sequence[float]) -> list:
+def _single_label_steps(
+    train: bool, img_size: int, kind: str, rrc_scale: Sequence[float], rrc_ratio: Sequence[float]
+) -> list:
     if kind == "imagenet":
         if train:
             return [
-                v2.RandomResizedCrop(img_size, scale=tuple(rrc_scale), antialias=True),
+                v2.RandomResizedCrop(
+                    img_size, scale=tuple(rrc_scale), ratio=tuple(rrc_ratio), antialias=True
+                ),
                 v2.RandomHorizontalFlip(),
             ]
         return [

@@ -58,7 +58,7 @@ def _validate(scores: Array, labels: Array, num_classes: int | None) -> tuple[to
         raise ValueError(f"labels must lie in 0..{s.shape[1] - 1}, got {int(y.min())}..{int(y.max())}")
     s = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
     if torch.isnan(s).any():
-        raise ValueError("scores contain NaN")
+        raise ValueError("scores contain NaN (has the model diverged?)")
     return s, y.long()
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "input_to_heatmap",
     "oks",
     "oks_nms",
+    "require_cocoeval",
 ]
 
 COCO_KEYPOINT_NAMES = (
@@ -58,28 +59,10 @@ COCO_KEYPOINT_NAMES = (
 )  # fmt: skip
 COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
 # Per-keypoint OKS constants of COCO (pycocotools' ``kpt_oks_sigmas``).
-COCO_SIGMAS = tuple(
-    v / 10.0
-    for v in (
-        0.26,
-        0.25,
-        0.25,
-        0.35,
-        0.35,
-        0.79,
-        0.79,
-        0.72,
-        0.72,
-        0.62,
-        0.62,
-        1.07,
-        1.07,
-        0.87,
-        0.87,
-        0.89,
-        0.89,
-    )
-)
+_COCO_SIGMAS_X10 = (
+    0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89,
+)  # fmt: skip
+COCO_SIGMAS = tuple(v / 10.0 for v in _COCO_SIGMAS_X10)
 STATS_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
@@ -290,9 +273,8 @@ def oks_nms(
         sim = np.exp(-e)
         if in_vis_thresh is not None:
             mask = (keypoints[rest, :, 2] > in_vis_thresh) & (keypoints[i, None, :, 2] > in_vis_thresh)
-            sim = np.where(mask, sim, np.nan)
-            with np.errstate(invalid="ignore"):
-                o = np.nan_to_num(np.nanmean(sim, 1), nan=0.0) if sim.size else np.zeros(len(rest))
+            counted = mask.sum(1)
+            o = np.where(counted > 0, (sim * mask).sum(1) / np.maximum(counted, 1), 0.0)
         else:
             o = sim.mean(1)
         order = rest[o <= thresh]
@@ -300,7 +282,8 @@ def oks_nms(
 
 
 # ----------------------------------------------------------------------------------------------- COCOeval
-def _import_cocoeval():
+def require_cocoeval():
+    """pycocotools' ``COCO`` and ``COCOeval``; ``ImportError`` with the install hint without them."""
     try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
@@ -315,7 +298,7 @@ def coco_eval_keypoints(
     gt: dict[str, Any], results: list[dict[str, Any]], sigmas: Sequence[float] = COCO_SIGMAS
 ) -> dict[str, float]:
     """COCO keypoint AP/AR (``STATS_NAMES``) of ``results`` (COCO result format) against the GT dict."""
-    COCO, COCOeval = _import_cocoeval()
+    COCO, COCOeval = require_cocoeval()
     if not results:
         return {name: 0.0 for name in STATS_NAMES}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -357,10 +340,10 @@ class KeypointMetrics:
         use_nms: bool = True,
         pck_alpha: float = 0.1,
         category_id: int = 1,
-        require_cocoeval: bool = False,
+        needs_cocoeval: bool = False,
     ) -> None:
-        if gt is not None and require_cocoeval:
-            _import_cocoeval()
+        if gt is not None and needs_cocoeval:
+            require_cocoeval()
         self.gt = gt
         self.sigmas = tuple(float(s) for s in sigmas)
         self.in_vis_thresh = in_vis_thresh
@@ -422,7 +405,7 @@ class KeypointMetrics:
         if self.gt is None:
             return result
         try:
-            _import_cocoeval()
+            require_cocoeval()
         except ImportError:
             return result  # AP needs the optional extra; PCK / NME above do not
         result.update(coco_eval_keypoints(self.gt, self.results(data), self.sigmas))

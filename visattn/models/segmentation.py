@@ -232,6 +232,7 @@ def backbone_kwargs(pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments for the backbone's factory (pretrained file, input channels, drop path...)."""
     out: dict[str, Any] = {}
     kwargs.pop("pretrained_cfg", None)
+    kwargs.pop("cache_dir", None)
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
     if pretrained:
         out.update(pretrained=True, pretrained_cfg_overlay=overlay or {})
@@ -248,10 +249,11 @@ def insert_glyphnet_psa(
     from .glyphnet import ConvBnAct
 
     blocks = [m for _, m in backbone.named_modules() if isinstance(m, ConvBnAct)]  # stem, stages 0..3
-    if levels == "trunk":
-        chosen = [blocks[-1]]
-    else:
-        chosen = [blocks[i] for i in levels]
+    if levels != "trunk" and (isinstance(levels, str) or not all(0 <= int(i) < len(blocks) for i in levels)):
+        raise ValueError(
+            f"psa_levels must be 'trunk' or level indices in 0..{len(blocks) - 1}, got {levels!r}"
+        )
+    chosen = [blocks[-1]] if levels == "trunk" else [blocks[int(i)] for i in levels]
     kw = {
         "layout": psa_kwargs.get("psa_layout", "parallel"),
         "variant": psa_kwargs.get("psa_variant", "paper"),
@@ -288,12 +290,15 @@ def _hrnet_backbone(base: str, psa: bool, pretrained: bool, kwargs: dict[str, An
 
 
 def _glyph_backbone(psa: bool, kwargs: dict[str, Any]) -> nn.Module:
-    levels = kwargs.pop("psa_levels", (2, 3, 4))
+    levels = kwargs.pop("psa_levels", None)
     psa_kw = split_psa_kwargs(kwargs)
+    if levels is not None:
+        psa_kw["psa_levels"] = levels
     bk = backbone_kwargs(False, kwargs)
     bk.setdefault("in_chans", 1)
     backbone = timm.create_model("glyphnet", features_only=True, out_indices=(1, 2, 3, 4), **bk)
     if psa:
+        levels = psa_kw.pop("psa_levels", (2, 3, 4))
         insert_glyphnet_psa(backbone, levels if isinstance(levels, str) else tuple(levels), **psa_kw)
     elif psa_kw:
         raise TypeError(f"{sorted(psa_kw)} apply only to the psa_* models")

@@ -26,7 +26,7 @@ Selected by ``impl="auto"`` for CPU tensors of those four dtypes (priority 10; t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,18 +77,32 @@ def _centre(g: LocalGeometry) -> tuple[slice, slice]:
     raise AssertionError("unreachable")
 
 
-def _chunks(B: int, J: int, per_item: int) -> Iterator[tuple[slice, slice]]:
-    """Batch and channel-group slices whose output size is about ``_CHUNK_ELEMENTS``."""
-    per_batch = J * per_item
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _chunks(B: int, G: int, per_item: int) -> list[tuple[slice, slice]]:
+    """Disjoint ``(batch, group)`` slices whose output has about ``_CHUNK_ELEMENTS`` elements (``G``
+    groups of ``per_item`` elements per image); one chunk under ``torch.compile`` (the compiler fuses
+    the tap loop itself)."""
+    if _compiling():
+        return [(slice(0, B), slice(0, G))]
+    per_batch = G * per_item
     if per_batch >= _CHUNK_ELEMENTS:
-        nj = max(1, _CHUNK_ELEMENTS // per_item)
-        for b in range(B):
-            for j in range(0, J, nj):
-                yield slice(b, b + 1), slice(j, min(j + nj, J))
-    else:
-        nb = max(1, _CHUNK_ELEMENTS // per_batch)
-        for b in range(0, B, nb):
-            yield slice(b, min(b + nb, B)), slice(0, J)
+        ng = max(1, _CHUNK_ELEMENTS // per_item)
+        return [(slice(b, b + 1), slice(j, min(j + ng, G))) for b in range(B) for j in range(0, G, ng)]
+    nb = max(1, _CHUNK_ELEMENTS // per_batch)
+    return [(slice(b, min(b + nb, B)), slice(0, G)) for b in range(0, B, nb)]
+
+
+def _run(fn: Callable[[tuple[slice, slice]], None], chunks: list[tuple[slice, slice]]) -> None:
+    """``fn(chunk)`` for every chunk, in order (each op uses PyTorch's intra-op threads).
+
+    Tried and not kept: handing chunks to single-threaded worker threads avoids one OpenMP barrier
+    per short op, which helped only while libgomp's threads spin-waited on an oversubscribed machine
+    (and then hurt whole networks); with ``OMP_WAIT_POLICY=PASSIVE`` both ran alike."""
+    for chunk in chunks:
+        fn(chunk)
 
 
 def _fold_padding(gp: torch.Tensor, g: LocalGeometry) -> torch.Tensor:
@@ -122,10 +136,14 @@ def _aggregation_forward(x: torch.Tensor, w: torch.Tensor, g: LocalGeometry) -> 
     xp = xp.view(B, J, Cw, *xp.shape[-2:])  # channel c = j·Cw + g: interleaved sharing
     w6 = w.contiguous().view(B, 1, Cw, g.num_taps, Ho, Wo)
     out = torch.zeros(B, J, Cw, Ho, Wo, dtype=acc, device=x.device)
-    for bs, js in _chunks(B, J, Cw * Ho * Wo):
-        o, xc, wc = out[bs, js], xp[bs, js], w6[bs]
+
+    def chunk(c: tuple[slice, slice]) -> None:  # images bs, weight channels gs (all j)
+        bs, gs = c
+        o, xc, wc = out[bs, :, gs], xp[bs, :, gs], w6[bs, :, gs]
         for k, rows, cols in _taps(g):
             o.addcmul_(wc[:, :, :, k], xc[..., rows, cols])
+
+    _run(chunk, _chunks(B, Cw, J * Ho * Wo))
     return out.view(B, C, Ho, Wo).to(x.dtype)
 
 
@@ -138,7 +156,7 @@ def _aggregation_backward(
     Ho, Wo = g.out_size
     acc = _acc_dtype(x.dtype)
     go = grad.to(acc).contiguous().view(B, J, Cw, Ho, Wo)
-    gw = gxp = xp = tmp = None
+    gw = gxp = xp = None
     if need_w:
         xp = _pad(x.contiguous(), g)
         xp = xp.view(B, J, Cw, *xp.shape[-2:])
@@ -147,24 +165,24 @@ def _aggregation_backward(
         Hp, Wp = g.in_size[0] + 2 * g.padding[0], g.in_size[1] + 2 * g.padding[1]
         gxp = torch.zeros(B, J, Cw, Hp, Wp, dtype=acc, device=x.device)
     w6 = w.contiguous().view(B, 1, Cw, g.num_taps, Ho, Wo)
-    if torch.is_grad_enabled():  # double backward (create_graph=True): no out= arguments
+    if torch.is_grad_enabled() or _compiling():  # double backward / torch.compile: no out= arguments
         return _aggregation_backward_differentiable(xp, w6, go, gxp, g, x.dtype)
-    for bs, js in _chunks(B, J, Cw * Ho * Wo):
-        goc, wc = go[bs, js], w6[bs]
+
+    def chunk(c: tuple[slice, slice]) -> None:  # images bs, weight channels gs (all j): disjoint writes
+        bs, gs = c
+        goc, wc = go[bs, :, gs], w6[bs, :, gs]
         if need_w:
-            xc = xp[bs, js]
-            tmp = torch.empty_like(goc) if tmp is None or tmp.shape != goc.shape else tmp
-            gwc = gw[bs]
-            partial = js.start != 0  # channel groups split across chunks: accumulate
+            xc, gwc, tmp = xp[bs, :, gs], gw[bs, gs], torch.empty_like(goc)
+        if need_x:
+            gxc = gxp[bs, :, gs]
         for k, rows, cols in _taps(g):
             if need_w:
                 torch.mul(goc, xc[..., rows, cols], out=tmp)
-                if partial:
-                    gwc[:, :, k] += tmp.sum(dim=1)
-                else:
-                    torch.sum(tmp, dim=1, out=gwc[:, :, k])
+                torch.sum(tmp, dim=1, out=gwc[:, :, k])
             if need_x:
-                gxp[bs, js, :, rows, cols].addcmul_(wc[:, :, :, k], goc)
+                gxc[..., rows, cols].addcmul_(wc[:, :, :, k], goc)
+
+    _run(chunk, _chunks(B, Cw, J * Ho * Wo))
     grad_x = grad_w = None
     if need_x:
         grad_x = _fold_padding(gxp.view(B, C, *gxp.shape[-2:]), g).to(x.dtype)
@@ -212,10 +230,9 @@ def aggregation(x: torch.Tensor, w: torch.Tensor, g: LocalGeometry) -> torch.Ten
 
 def _windows(xp: torch.Tensor, g: LocalGeometry) -> torch.Tensor:
     """``(B, C, Hp, Wp)`` -> ``(B, C, Kh, Kw, Ho, Wo)`` view of every footprint neighbour (no copy)."""
-    sB, sC, sH, sW = xp.stride()
-    (dh, dw), (sh, sw) = g.dilation, g.stride
-    shape = (*xp.shape[:2], *g.kernel, *g.out_size)
-    return xp.as_strided(shape, (sB, sC, dh * sH, dw * sW, sh * sH, sw * sW), xp.storage_offset())
+    (kh, kw), (dh, dw), (sh, sw) = g.kernel, g.dilation, g.stride
+    win = xp.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)  # (B, C, Ho, Wo, eh, ew)
+    return win[..., ::dh, ::dw].permute(0, 1, 4, 5, 2, 3)
 
 
 def _subtraction_forward(x1: torch.Tensor, x2: torch.Tensor | None, g: LocalGeometry) -> torch.Tensor:
@@ -224,8 +241,10 @@ def _subtraction_forward(x1: torch.Tensor, x2: torch.Tensor | None, g: LocalGeom
     p2 = p1 if x2 is None else _pad(x2.contiguous(), g)
     rows, cols = _centre(g)
     centre = p1[:, :, rows, cols].view(B, C, 1, 1, *g.out_size)
+    if _compiling():  # functionalised graphs have no out= (the compiler picks the layout)
+        return (centre - _windows(p2, g)).contiguous().view(B, C, g.num_taps, -1)
     out = torch.empty(B, C, *g.kernel, *g.out_size, dtype=x1.dtype, device=x1.device)
-    torch.sub(centre, _windows(p2, g), out=out)
+    torch.sub(centre, _windows(p2, g), out=out)  # written in (k, l) order directly
     return out.view(B, C, g.num_taps, -1)
 
 
@@ -243,10 +262,14 @@ def _subtraction_backward(
     g_nbr = g_centre = None
     if need_nbr:
         g_nbr = torch.zeros(B, C, Hp, Wp, dtype=acc, device=grad.device)
-        for bs, _ in _chunks(B, 1, C * Ho * Wo):
-            gb, gc = g_nbr[bs], grad5[bs]
+
+        def chunk(ch: tuple[slice, slice]) -> None:  # images bs, channels cs
+            bs, cs = ch
+            gb, gc = g_nbr[bs, cs], grad5[bs, cs]
             for k, r, c in _taps(g):
                 gb[:, :, r, c].sub_(gc[:, :, k])
+
+        _run(chunk, _chunks(B, C, Ho * Wo))
     if need_centre:
         total = grad5.sum(dim=2, dtype=acc)
         if same and g_nbr is not None:
