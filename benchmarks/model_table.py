@@ -37,13 +37,25 @@ GENERIC = {"csra": {"backbone": "resnet50"}, "vaa": {"backbone": "resnet50"}}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--reuse", type=Path, default=None, help="a previous run's printed output: rows found there are not recomputed"
+    )
     args = parser.parse_args()
+    done = {}
+    if args.reuse and args.reuse.is_file():
+        for line in args.reuse.read_text().splitlines():
+            if line.startswith("| `"):
+                row = line.split("  [")[0]
+                done[row.split("`")[1]] = row
     torch.set_grad_enabled(False)
     rows = [
         "| model | params | operations | input | paper |",
         "|---|---:|---:|---|---|",
     ]
     for name in visattn.list_models():
+        if name in done:
+            rows.append(done[name])
+            continue
         start = time.perf_counter()
         info = model_info(name, **GENERIC.get(name, {}))
         label = f"`{name}`" + (f" (backbone={GENERIC[name]['backbone']})" if name in GENERIC else "")

@@ -167,6 +167,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_allocator_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allocator",
+        choices=("tuned", "system"),
+        default=None,
+        help="malloc setting (default: $VISATTN_ALLOCATOR or tuned; MALLOC_* variables already set win); "
+        "see visattn/_allocator.py",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from visattn.models.convert import list_converters
 
@@ -181,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", nargs="?", const="auto", default=None, help="resume: a checkpoint, or the run's latest"
     )
+    _add_allocator_option(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a recipe's model on its validation split")
@@ -188,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="weights (.safetensors / .pth) to evaluate")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--output", help="also write the metrics as JSON here")
+    _add_allocator_option(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="per-class scores and predicted labels of image files")
@@ -239,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "eval"):  # `bench` applies it itself (and records it per row)
+        from visattn._allocator import apply_allocator_setting
+
+        print(f"visattn {args.command}: allocator {apply_allocator_setting(args.allocator)}", file=sys.stderr)
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:

@@ -5,7 +5,7 @@ through ``timm.create_model`` after ``import visattn``. Importing a family modul
 entrypoints and converters.
 """
 
-from . import csra, glyphnet, psa, resattnet, san, vaa
+from . import csra, glyphnet, pose, psa, resattnet, san, segmentation, vaa
 from ._registry import create_model, is_model, list_models, register_model
 from .complexity import count_macs, count_parameters
 from .convert import convert_checkpoint, convert_file, list_converters
@@ -26,6 +26,7 @@ __all__ = [
     "list_converters",
     "list_models",
     "load_weights",
+    "pose",
     "psa",
     "read_state_dict",
     "ResidualAttentionClassifier",
@@ -34,5 +35,6 @@ __all__ = [
     "residual_attention",
     "san",
     "save_weights",
+    "segmentation",
     "vaa",
 ]
