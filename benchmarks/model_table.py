@@ -38,7 +38,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
-        "--reuse", type=Path, default=None, help="a previous run's printed output: rows found there are not recomputed"
+        "--reuse",
+        type=Path,
+        default=None,
+        help="a previous run's printed output: rows found there are not recomputed",
     )
     args = parser.parse_args()
     done = {}
