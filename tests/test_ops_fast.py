@@ -70,7 +70,8 @@ def _compare(kw, inputs_sub, inputs_agg, atol=1e-12, rtol=1e-12):
 
 
 def test_auto_selects_fast_cpu_for_cpu_floats():
-    assert available_implementations()[0] == "fast_cpu"
+    # "triton" (GPU, or CPU under its interpreter) ranks above; it declines CPU tensors: test_ops_triton.py
+    assert [n for n in available_implementations() if n != "triton"][0] == "fast_cpu"
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         assert la._pick("auto", torch.zeros(1, dtype=dtype)).name == "fast_cpu"
     assert la._pick("auto", torch.zeros(1, dtype=torch.int64)).name == "reference"

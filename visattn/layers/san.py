@@ -38,6 +38,10 @@ Differences from the official code:
   to the full-resolution ``L`` (so dilation > 1 and stride > 1 fail there); visattn pads ``d·(K−1)/2``
   and takes φ at the strided centres, identical for ``d = s = 1``. ``padding_mode`` governs both the ψ
   neighbourhood and the aggregation (official: reflect for both).
+* γ's 1×1 convolutions are :class:`~visattn.layers._san_gamma.PointwiseConv` (an ``nn.Conv2d`` computed as a
+  batched matrix product; same keys), and with the ``subtraction`` relation and a plain ``BatchNorm2d``
+  γ's first BN is folded into the subtraction (``fold_norm=True``; same result up to rounding, running
+  statistics included). Both only change the evaluation order, for speed and memory.
 * Non-official relations follow the paper's definitions; no reference code exists, so their channel
   orders (above) are visattn's choice.
 * The bottleneck uses separate activation modules (official: one shared in-place ReLU) and supports only
@@ -57,6 +61,7 @@ from torch import nn
 
 from visattn.layers import _san_relations as rel_fns
 from visattn.layers._official import export_mapped_state_dict, load_mapped_state_dict, select_prefix
+from visattn.layers._san_gamma import can_fold_norm, folded_gamma_input, make_gamma
 from visattn.layers._san_relations import check_input, coordinates, pairwise_relation, patchwise_relation
 from visattn.ops import local_aggregation, local_subtraction
 from visattn.recording import AttentionMapSource
@@ -74,24 +79,13 @@ for _fn in (
     "patchwise_relation",
     "check_input",
     "coordinates",
+    "folded_gamma_input",
 ):
     torch.fx.wrap(_fn)
 
 
 # (official name, visattn name) of the SAM submodules; tensor layouts are identical.
 _SAM_NAMES = (("conv1", "phi"), ("conv2", "psi"), ("conv3", "beta"), ("conv_w", "gamma"))
-
-
-def _gamma(c_in: int, c_mid: int, c_out: int, act_layer, norm_layer) -> nn.Sequential:
-    """SAN's weight function γ; indices 0, 2, 3, 5 match the official ``conv_w``."""
-    return nn.Sequential(
-        norm_layer(c_in),
-        act_layer(),
-        nn.Conv2d(c_in, c_mid, 1, bias=False),
-        norm_layer(c_mid),
-        act_layer(),
-        nn.Conv2d(c_mid, c_out, 1),
-    )
 
 
 def _rename(module: nn.Module, pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
@@ -231,6 +225,9 @@ class PairwiseSelfAttention(_LocalSelfAttention):
         padding_mode: ``"reflect"`` (official) or ``"zeros"``.
         position_encoding: concatenate ``pos_proj(p_i) − pos_proj(p_j)`` to δ (official: on).
         act_layer / norm_layer: γ's activation and norm (official ReLU / BatchNorm2d).
+        fold_norm: with the ``subtraction`` relation and a plain ``BatchNorm2d``, evaluate γ's first
+            BN + act + conv without building the normalised relation (same result up to rounding, running
+            statistics included; about 1.2–1.4× faster training steps on CPU). ``False``: the literal order.
     """
 
     _relations = rel_fns.PAIRWISE_RELATIONS
@@ -250,12 +247,14 @@ class PairwiseSelfAttention(_LocalSelfAttention):
         position_encoding: bool = True,
         act_layer: type[nn.Module] = nn.ReLU,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        fold_norm: bool = True,
     ) -> None:
         sizes = (in_channels, rel_channels, out_channels, kernel_size, share_planes)
         super().__init__(*sizes, relation, stride, dilation, padding_mode)
         self.position_encoding = bool(position_encoding)
+        self.fold_norm = bool(fold_norm)
         width = rel_fns.pairwise_width(relation, rel_channels) + (2 if self.position_encoding else 0)
-        self.gamma = _gamma(width, rel_channels, self.weight_channels, act_layer, norm_layer)
+        self.gamma = make_gamma(width, rel_channels, self.weight_channels, act_layer, norm_layer)
         self.pos_proj = nn.Conv2d(2, 2, 1) if self.position_encoding else None
 
     def _position(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,11 +264,17 @@ class PairwiseSelfAttention(_LocalSelfAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         x1, x2, x3 = self.phi(x), self.psi(x), self.beta(x)
-        r = pairwise_relation(self.relation, x1, x2, self._geometry)
-        if self.pos_proj is not None:
-            r = torch.cat([r, self._position(x).expand(r.shape[0], -1, -1, -1)], dim=1)
-        w = self.gamma(r).softmax(dim=2)
-        return self._aggregate(x3, w)
+        pos = self._position(x) if self.pos_proj is not None else None
+        if self.fold_norm and self.relation == "subtraction" and can_fold_norm(self.gamma):
+            # Same maths, γ's first BN folded into the subtraction (see visattn.layers._san_gamma).
+            h = folded_gamma_input(self.gamma, x1, x2, pos, self._geometry)
+            w = self.gamma[5](self.gamma[4](self.gamma[3](h)))
+        else:
+            r = pairwise_relation(self.relation, x1, x2, self._geometry)
+            if pos is not None:
+                r = torch.cat([r, pos.expand(r.shape[0], -1, -1, -1)], dim=1)
+            w = self.gamma(r)
+        return self._aggregate(x3, w.softmax(dim=2))
 
     def _official_key_map(self) -> dict[str, str]:
         self._require_official_layout()
@@ -311,7 +316,7 @@ class PatchwiseSelfAttention(_LocalSelfAttention):
         super().__init__(*sizes, relation, stride, dilation, padding_mode)
         width = rel_fns.patchwise_width(relation, rel_channels, kernel_size)
         cw = self.weight_channels
-        self.gamma = _gamma(width, cw, kernel_size * kernel_size * cw, act_layer, norm_layer)
+        self.gamma = make_gamma(width, cw, kernel_size * kernel_size * cw, act_layer, norm_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

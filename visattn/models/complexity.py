@@ -10,7 +10,9 @@ Two conventions are offered; every figure visattn prints names the one it used:
   SAN ``subtraction``/``subtraction2`` ops ``numel(output)``, ``aggregation`` ``numel(output)·K²``;
   softmax, unfold, padding, additions and copies are free.
 
-Counts are per image (the model is run on a batch of one, in eval mode, without gradients).
+Counts are per image (the model is run on a batch of one, in eval mode, without gradients). Layers that
+can evaluate part of themselves in a fused form (``fold_norm`` of SAN's pairwise layer) are counted in
+their literal form, so the count does not depend on that implementation choice.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ def count_macs(
             total += out.numel() * (geometry.num_taps if op == "aggregation" else 1)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    folded = [m for m in model.modules() if getattr(m, "fold_norm", False) is True]
+    for m in folded:
+        m.fold_norm = False
     was_training = model.training
     model.eval()
     try:
@@ -98,5 +103,7 @@ def count_macs(
     finally:
         for h in handles:
             h.remove()
+        for m in folded:
+            m.fold_norm = True
         model.train(was_training)
     return total

@@ -14,6 +14,15 @@ from .local_attention import (
 
 _register_fast_cpu()
 
+# Triton kernels (GPU; CPU only under Triton's interpreter). Registered only if triton is installed;
+# registering just looks it up, the kernel module is imported on first use.
+try:
+    from .triton_gpu import register as _register_triton
+except ImportError:  # pragma: no cover - triton_gpu itself imports only torch
+    pass
+else:
+    _register_triton()
+
 __all__ = [
     "LocalGeometry",
     "available_implementations",
