@@ -281,7 +281,7 @@ def test_history_state_dict_round_trip_and_index_check():
 def test_push_all_gathers_across_ranks(monkeypatch):
     """Simulated 2-rank DDP: push concatenates every rank's (indices, predictions); rank 0's copy of a
     duplicated index (DistributedSampler padding) wins and the other is dropped."""
-    import visattn.losses as L
+    import visattn._losses_vaa as L  # the module whose push() all-gathers
 
     other_p, other_i = torch.full((3, 2), 0.7), torch.tensor([3, 4, 0])
     replies = iter([torch.tensor([3]), other_p, torch.tensor([3]), other_i])

@@ -26,6 +26,9 @@ Definitions (every figure names its method):
   process's peak resident set size (Linux ``VmHWM``), the Python runtime included.
 * **allocator**: the CLI applies :func:`visattn._allocator.apply_allocator_setting` first; every row
   records the setting.
+
+Layout: this module measures and holds the public API; the memory probes live in ``visattn/_bench_memory.py``
+and the subcommand's parser and printing in ``visattn/_bench_cli.py``.
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from visattn._bench_memory import PeakRSS, peak_tensor_memory, quiet_native_output
 
 __all__ = [
     "PRECISIONS",
@@ -59,96 +63,6 @@ __all__ = [
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CACHE_ENV = "VISATTN_CACHE_DIR"
-
-
-# --------------------------------------------------------------------------------------- measurements
-
-
-@contextlib.contextmanager
-def quiet_native_output() -> Iterator[None]:
-    """Silence file descriptors 1 and 2 (the profiler's native library prints status lines there)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
-
-
-def peak_tensor_memory(fn: Callable[[], Any], quiet: bool = True) -> tuple[Any, int]:
-    """Run ``fn()`` and return ``(result, peak_bytes)``.
-
-    ``peak_bytes`` is the maximum, over the call, of the CPU tensor memory allocated since the call
-    began minus what of it was freed again (PyTorch's profiler with ``profile_memory=True`` reports
-    every allocation and free of the CPU allocator). Independent of the malloc setting; tensors that
-    existed before the call count neither when they are freed nor before.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    ctx = quiet_native_output() if quiet else contextlib.nullcontext()
-    with ctx, profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        fields = node.extra_fields
-        if type(fields).__name__ == "_ExtraFields_Allocation" and fields.device.type == "cpu":
-            events.append((node.start_time_ns, int(fields.alloc_size)))
-        stack.extend(node.children)
-    # The allocator's running total carries over between profiler sessions: sum the deltas instead.
-    # Frees of blocks allocated before the call are not reported, so they never lower the figure.
-    peak = live = 0
-    for _, delta in sorted(events):
-        live += delta
-        peak = max(peak, live)
-    return result, peak
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class PeakRSS:
-    """Peak resident set size over a ``with`` block (Linux).
-
-    ``peak_bytes``: the process's peak RSS during the block (``VmHWM``, reset at entry through
-    ``/proc/self/clear_refs`` when allowed, else the peak since process start: ``reset`` tells which);
-    ``increase_bytes``: that peak minus the RSS at entry. Under a malloc that keeps freed memory
-    (``allocator=tuned``), RSS does not fall when tensors are freed: compare increases only between
-    fresh processes.
-    """
-
-    def __enter__(self) -> PeakRSS:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.reset = True
-        except OSError:
-            self.reset = False
-        self.start_bytes = (_status_kb("VmRSS") or 0) * 1024
-        return self
-
-    def __exit__(self, *exc) -> None:
-        hwm = _status_kb("VmHWM")
-        self.peak_bytes = None if hwm is None else hwm * 1024
-        self.increase_bytes = None if hwm is None else max(0, hwm * 1024 - self.start_bytes)
 
 
 def time_steps(
@@ -383,117 +297,9 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
             writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-
-
-def _names(patterns: Sequence[str]) -> list[str]:
-    import visattn
-
-    names: list[str] = []
-    for pattern in patterns:
-        found = [pattern] if visattn.models.is_model(pattern) else visattn.list_models(pattern)
-        if not found:
-            raise ValueError(f"no visattn model matches {pattern!r} (see `visattn models`)")
-        names.extend(n for n in found if n not in names)
-    return names
-
-
-def _summary(row: dict[str, Any], mode: str) -> str:
-    if "error" in row:
-        return f"{row['model']:<28} error: {row['error']}"
-    p = mode
-    mem = row.get(f"{p}_peak_mem_mb")
-    san = row.get(f"{p}_gmacs_san")
-    return (
-        f"{row['model']:<28} {row[f'{p}_samples_per_sec']:>9.2f} samples/s  {row[f'{p}_step_time']:>9.1f} ms/step  "
-        f"{row['param_count']:>7.2f} M params  {row[f'{p}_gmacs']:>7.3f} GMACs"
-        + (f" ({san:.3f} san)" if san is not None else "")
-        + f"  MFU {100 * row[f'{p}_mfu']:5.1f} %"
-        + ("" if mem is None else f"  peak {mem:.1f} MiB")
-    )
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from visattn._allocator import apply_allocator_setting
-    from visattn.cli import _parse_sets
-
-    allocator = apply_allocator_setting(args.allocator)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    names = _names(args.names)
-    model_kwargs = _parse_sets(args.set)
-    amp_dtype = PRECISIONS[args.precision] or torch.float32
-    peak = args.peak_gflops or matmul_peak_gflops(amp_dtype, args.device, refresh=args.remeasure_peak)
-    modes = ("infer", "train") if args.mode == "both" else (args.mode,)
-    print(
-        f"visattn bench: device {args.device}, {torch.get_num_threads()} threads, precision {args.precision}"
-        f"{', channels_last' if args.channels_last else ''}{', compile ' + args.compile_backend if args.compile else ''}; "
-        f"allocator {allocator}; matmul peak {peak:.1f} GFLOP/s ({str(amp_dtype).replace('torch.', '')}); "
-        f"{args.warmup} warm-up + {args.iters} timed steps",
-        flush=True,
-    )
-    rows = []
-    for name in names:
-        for mode in modes:
-            try:
-                row = benchmark_model(
-                    name,
-                    mode=mode,
-                    batch_size=args.batch_size,
-                    img_size=args.img_size,
-                    precision=args.precision,
-                    channels_last=args.channels_last,
-                    compile=args.compile,
-                    compile_backend=args.compile_backend,
-                    warmup=args.warmup,
-                    iters=args.iters,
-                    device=args.device,
-                    model_kwargs=model_kwargs,
-                    peak_gflops=peak,
-                    measure_memory=not args.no_memory,
-                    allocator=allocator,
-                )
-            except (RuntimeError, ValueError, TypeError) as err:
-                row = {"model": name, "mode": mode, "error": f"{type(err).__name__}: {err}".splitlines()[0]}
-            rows.append(row)
-            print(f"[{mode}] " + _summary(row, mode), flush=True)
-    if args.csv:
-        write_csv(args.csv, rows)
-        print(f"wrote {args.csv}")
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-    return 1 if any("error" in r for r in rows) else 0
-
-
 def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand (plugin protocol of :mod:`visattn.cli`)."""
-    p = subparsers.add_parser(
-        "bench",
-        help="samples/s, step time, peak memory, params, GMACs and MFU of models",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
-    p.add_argument("names", nargs="+", metavar="NAME", help="registered model names or patterns ('san10*')")
-    p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="bf16/fp16: autocast")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--compile-backend", default="inductor")
-    p.add_argument(
-        "--allocator",
-        choices=("tuned", "system"),
-        default=None,
-        help="malloc setting (default: $VISATTN_ALLOCATOR or tuned; MALLOC_* variables already set win)",
-    )
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--iters", type=int, default=10, help="timed steps")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model keyword argument")
-    p.add_argument("--csv", metavar="OUT", help="write the results as CSV (timm benchmark columns)")
-    p.add_argument("--json", action="store_true", help="also print the rows as JSON")
-    p.add_argument("--no-memory", action="store_true", help="skip the profiled peak-memory step")
-    p.add_argument("--peak-gflops", type=float, default=None, help="matmul peak to use instead of measuring")
-    p.add_argument("--remeasure-peak", action="store_true", help="ignore the cached matmul peak")
-    p.set_defaults(func=_cmd_bench)
+    # Imported on use: ``_bench_cli`` imports this module at load time (no import cycle).
+    from visattn._bench_cli import add_bench_parser
+
+    add_bench_parser(subparsers)

@@ -27,17 +27,17 @@ from typing import Any, Literal
 
 import torch
 
-from .multilabel import (
-    _PROBE,
+from ._accumulator import _Accumulator
+from ._multilabel_inputs import (
     Array,
     UndefinedMetricWarning,
-    _Accumulator,
     _choice,
     _prepare,
     _probabilities,
     _safe_div,
     _user_stacklevel,
 )
+from .multilabel import _PROBE
 
 __all__ = ["AttributeMetrics", "attribute_metrics"]
 
