@@ -72,14 +72,20 @@ class PointwiseConv(nn.Conv2d):
         return pointwise(x, self.weight.flatten(1), self.bias)
 
 
+def _activation(act_layer) -> nn.Module:
+    # In place for ReLU, as the official conv_w: it follows a norm (or the relation, a fresh tensor),
+    # whose backward pass does not need its output, and saves a K²-sized buffer per activation.
+    return act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
+
+
 def make_gamma(c_in: int, c_mid: int, c_out: int, act_layer, norm_layer) -> nn.Sequential:
     """SAN's weight function γ; indices 0, 2, 3, 5 match the official ``conv_w``."""
     return nn.Sequential(
         norm_layer(c_in),
-        act_layer(),
+        _activation(act_layer),
         PointwiseConv(c_in, c_mid, bias=False),
         norm_layer(c_mid),
-        act_layer(),
+        _activation(act_layer),
         PointwiseConv(c_mid, c_out),
     )
 

@@ -242,10 +242,13 @@ def _subtraction_forward(x1: torch.Tensor, x2: torch.Tensor | None, g: LocalGeom
     rows, cols = _centre(g)
     centre = p1[:, :, rows, cols].view(B, C, 1, 1, *g.out_size)
     if _compiling():  # functionalised graphs have no out= (the compiler picks the layout)
-        return (centre - _windows(p2, g)).contiguous().view(B, C, g.num_taps, -1)
-    out = torch.empty(B, C, *g.kernel, *g.out_size, dtype=x1.dtype, device=x1.device)
-    torch.sub(centre, _windows(p2, g), out=out)  # written in (k, l) order directly
-    return out.view(B, C, g.num_taps, -1)
+        # clone(): a fresh tensor, not a view (see below); the compiler fuses it into the subtraction.
+        return (centre - _windows(p2, g)).reshape(B, C, g.num_taps, -1).clone()
+    # Written in (k, l) order through a view, returning the base tensor: a view returned from an
+    # autograd Function could not be modified in place (SAN's γ applies an in-place ReLU to it).
+    out = torch.empty(B, C, g.num_taps, g.out_size[0] * g.out_size[1], dtype=x1.dtype, device=x1.device)
+    torch.sub(centre, _windows(p2, g), out=out.view(B, C, *g.kernel, *g.out_size))
+    return out
 
 
 def _subtraction_backward(
