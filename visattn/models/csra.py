@@ -24,7 +24,8 @@ from the official README, §6.3 of the spec):
 :func:`residual_attention` wraps an already trained GAP + linear classifier into the training-free
 "4 lines" of the paper's Fig. 1 (:func:`visattn.layers.residual_attention_logits`).
 (now in :mod:`visattn.models.training_free`, re-exported here). The ``"csra-official"`` converter reads
-official (and mmpretrain) checkpoints.
+official (and mmpretrain) checkpoints; the key mapping it shares with ``pretrained_file`` loading is in
+:mod:`visattn.models._csra_official`.
 
 Differences from the official code:
 
@@ -60,7 +61,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ from torch import nn
 from visattn.layers.csra import MultiHeadCSRA
 
 from ._backbone import FeatureMapBackbone, create_backbone
+from ._csra_official import OFFICIAL_LAM, checkpoint_filter_fn, map_official
 from ._registry import register_model
 from .convert import Converted, register_converter
 from .training_free import ResidualAttentionClassifier, residual_attention  # noqa: F401  (re-exported)
@@ -167,80 +168,7 @@ class CSRANet(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Official checkpoint layouts (spec §10): mapping shared by the converter and pretrained_file loading.
-
-# (head prefix, backbone prefix): Kevinz-code/CSRA, mmpretrain.
-_HEAD_LAYOUTS = (("classifier.multi_head.", ""), ("head.csra_heads.", "backbone."))
-#: λ per number of heads from the official README (not stored in checkpoints).
-_OFFICIAL_LAM = {"resnet": {1: 0.1, 4: 0.5, 6: 0.4}, "vit": {1: 0.3}}
-
-
-def _strip_module(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {re.sub(r"^(module\.)+", "", k): v for k, v in sd.items()}
-
-
-def _map_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official / mmpretrain keys → CSRANet keys (no validation against a model yet)."""
-    sd = _strip_module(state_dict)
-    if any(re.fullmatch(r"head\d+\.weight", k) for k in sd):
-        raise ValueError(
-            "this is a released COCO ViT-L CSRA checkpoint (keys 'head1.weight' … 'head8.weight', 'head.weight'): "
-            "the released code cannot load it either (issue #18) and its head layout is undocumented; refusing to guess"
-        )
-    layouts = [(h, b) for h, b in _HEAD_LAYOUTS if any(k.startswith(h) for k in sd)]
-    if len(layouts) != 1:
-        raise KeyError(
-            "expected CSRA head keys 'classifier.multi_head.{h}.head.weight' (Kevinz-code/CSRA) or "
-            f"'head.csra_heads.{{h}}.head.weight' (mmpretrain); first keys given: {list(sd)[:6]}"
-        )
-    head_prefix, body_prefix = layouts[0]
-    out, bad = {}, []
-    for key, value in sd.items():
-        match = re.fullmatch(re.escape(head_prefix) + r"(\d+)\.head\.weight", key)
-        if match:
-            out[f"classifier.heads.{int(match.group(1))}.head.weight"] = value
-        elif key.startswith(body_prefix) and not key.startswith(head_prefix):
-            out["backbone.model." + key[len(body_prefix) :]] = value
-        else:
-            bad.append(key)
-    if bad:
-        raise KeyError(f"unexpected keys for the CSRA checkpoint layout ({head_prefix}…): {bad[:10]}")
-    return out
-
-
-def _looks_official(sd: Mapping[str, torch.Tensor]) -> bool:
-    return any(
-        k.removeprefix("module.").startswith(("classifier.multi_head.", "head.csra_heads.")) for k in sd
-    )
-
-
-def _checkpoint_filter_fn(
-    state_dict: Mapping[str, torch.Tensor], model: nn.Module
-) -> dict[str, torch.Tensor]:
-    """timm ``pretrained_filter_fn``: accept official layouts; a classifier of another shape (number of
-    heads or classes) is not loaded (warned: the heads stay freshly initialised), as timm does."""
-    sd = _map_official(state_dict) if _looks_official(state_dict) else _strip_module(state_dict)
-    own = model.state_dict()
-    for key, value in own.items():
-        if key.endswith("num_batches_tracked") and key not in sd:
-            sd[key] = value
-    file_head = {k: tuple(v.shape) for k, v in sd.items() if k.startswith("classifier.")}
-    own_head = {k: tuple(v.shape) for k, v in own.items() if k.startswith("classifier.")}
-    if file_head != own_head:
-        if own_head:
-            found = (
-                f"{len(file_head)} heads × {next(iter(file_head.values()))[0]} classes"
-                if file_head
-                else "no heads"
-            )
-            warnings.warn(
-                f"the checkpoint has {found}, this model {len(own_head)} heads × {next(iter(own_head.values()))[0]} "
-                "classes (num_heads / num_classes): its CSRA heads stay freshly initialised",
-                stacklevel=2,
-            )
-        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
-        sd.update({k: v for k, v in own.items() if k.startswith("classifier.")})  # keep the fresh heads
-    return sd
+# Official checkpoint converter (spec §10; the key mapping is in _csra_official).
 
 
 @register_converter("csra-official")
@@ -257,7 +185,7 @@ def convert_csra_official(state_dict: Mapping[str, torch.Tensor], lam: float | N
         KeyError: unknown layout, unexpected or missing keys (listed).
         ValueError: unsupported depth/width, non-contiguous heads, shape mismatch, missing ``lam``.
     """
-    sd = _map_official(state_dict)
+    sd = map_official(state_dict)
     heads = sorted(int(k.split(".")[2]) for k in sd if k.startswith("classifier.heads."))
     if heads != list(range(len(heads))):
         raise ValueError(f"CSRA head indices must be 0..H-1, got {heads}")
@@ -281,7 +209,7 @@ def convert_csra_official(state_dict: Mapping[str, torch.Tensor], lam: float | N
             f"unsupported CSRA {family} checkpoint ({'embed dim' if family == 'vit' else 'layer3 blocks'} {width})"
         )
     if lam is None:
-        lam = _OFFICIAL_LAM[family].get(num_heads)
+        lam = OFFICIAL_LAM[family].get(num_heads)
         if lam is None:
             raise ValueError(
                 f"λ is not stored in checkpoints and the README gives none for {num_heads} heads: pass lam="
@@ -355,7 +283,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CSRANet:
         CSRANet,
         variant,
         pretrained,
-        pretrained_filter_fn=_checkpoint_filter_fn,
+        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg={"feature_cls": "getter", "out_indices": None},
         **kwargs,
     )

@@ -4,7 +4,8 @@ Paper: Nikolaos Sarafianos, Xiang Xu, Ioannis A. Kakadiaris, "Deep Imbalanced At
 Classification using Visual Attention Aggregation", ECCV 2018, arXiv 1807.03903.
 Official code: https://github.com/cvcode18/imbalanced_learning (MXNet Gluon, ``models.py`` and
 ``wider_training.py``; no weights were ever released). Spec: ``vaa.md`` §1 and §6. The losses (weighted
-focal loss, history-weighted attention loss) are not in this module.
+focal loss, history-weighted attention loss) are not in this module; tap selection and the backbone walk
+up to the taps are in :mod:`visattn.models._vaa_taps`.
 
 Structure (``C`` attributes)::
 
@@ -79,121 +80,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from visattn.layers.aggregation import AttentionAggregation, _pair
 
 from ._registry import register_model
+from ._vaa_taps import LAYOUTS, default_taps, plan_taps, run_taps, stage_info, tap_shapes
 
 __all__ = ["VAANet", "default_taps"]
-
-LAYOUTS = ("paper", "released")
-
-
-def default_taps(backbone: nn.Module, layout: str) -> tuple[str, ...]:
-    """The tapped module paths of ``layout`` on a timm ``backbone`` (see the module docstring)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    info = _stage_info(backbone)
-    if len(info) < 2:
-        raise ValueError("VAA needs a backbone with at least two feature_info stages; pass taps=")
-    s3, s4 = info[-2]["module"], info[-1]["module"]
-    if layout == "paper":
-        return (s3, s4)
-    stage3, stage4 = backbone.get_submodule(s3), backbone.get_submodule(s4)
-    if not isinstance(stage3, nn.Sequential) or len(stage3) < 2:
-        raise ValueError(
-            f"layout='released' taps a block inside stage {s3!r}, which is not an nn.Sequential of at least "
-            "two blocks in this backbone; pass taps=('<module>', ..., '<final stage>')"
-        )
-    n = len(stage3)
-    block = min(round(20 * n / 23) - 1, n - 2)
-    last = f"{s4}.{len(stage4) - 1}" if isinstance(stage4, nn.Sequential) and len(stage4) else s4
-    return (f"{s3}.{block}", f"{s3}.{n - 1}", last)
-
-
-def _stage_info(backbone: nn.Module) -> list[dict[str, Any]]:
-    info = getattr(backbone, "feature_info", None)
-    info = getattr(info, "info", info)  # a timm FeatureInfo or a list of dicts
-    if not isinstance(info, (list, tuple)) or not info:
-        raise ValueError(f"backbone {type(backbone).__name__} has no feature_info; VAA needs a timm CNN")
-    return [dict(d) for d in info]
-
-
-def _plan(backbone: nn.Module, taps: Sequence[str], final: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Module paths to run in order (containers of taps expanded) and the step producing each tap."""
-    expand = {".".join(p.split(".")[:i]) for p in (*taps, final) for i in range(1, p.count(".") + 1)}
-    steps: list[str] = []
-
-    def walk(prefix: str, module: nn.Module) -> None:
-        for name, child in module.named_children():
-            path = prefix + name
-            if path not in expand:
-                steps.append(path)
-            elif isinstance(child, nn.Sequential):
-                walk(path + ".", child)
-            else:
-                raise ValueError(
-                    f"cannot tap inside {path!r} ({type(child).__name__}): taps must be reachable through "
-                    "nn.Sequential containers of the backbone"
-                )
-
-    walk("", backbone)
-
-    def end(path: str) -> int:
-        hits = [i for i, s in enumerate(steps) if s == path or s.startswith(path + ".")]
-        if not hits:
-            raise ValueError(f"tap {path!r} is not a module of the backbone")
-        return hits[-1]
-
-    tap_steps = tuple(end(t) for t in taps)
-    if any(b <= a for a, b in zip(tap_steps, tap_steps[1:], strict=False)):
-        raise ValueError(f"taps must be distinct and in forward order, got {tuple(taps)}")
-    if tap_steps[-1] != end(final):
-        raise ValueError(
-            f"the last tap must be the backbone's final stage output {final!r} (the primary branch pools it); "
-            f"got {taps[-1]!r}"
-        )
-    return tuple(steps[: tap_steps[-1] + 1]), tap_steps
-
-
-def _run(backbone: nn.Module, steps, tap_steps, x: torch.Tensor, use_checkpoint: bool) -> list[torch.Tensor]:
-    taps = set(tap_steps)
-    features = []
-    for i, path in enumerate(steps):
-        module = backbone.get_submodule(path)
-        x = checkpoint(module, x, use_reentrant=False) if use_checkpoint else module(x)
-        if i in taps:
-            features.append(x)
-    return features
-
-
-class _Probe(nn.Module):
-    def __init__(self, backbone: nn.Module, steps, tap_steps) -> None:
-        super().__init__()
-        self.backbone, self.steps, self.tap_steps = backbone, steps, tap_steps
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return _run(self.backbone, self.steps, self.tap_steps, x, False)
-
-
-@torch.no_grad()
-def _tap_shapes(
-    backbone, steps, tap_steps, in_chans: int, img_size: tuple[int, int]
-) -> list[tuple[int, ...]]:
-    """``(channels, h, w)`` of each tap at ``img_size``: a shape-only pass on the meta device."""
-    probe = _Probe(backbone, steps, tap_steps)
-    state = dict(probe.named_parameters(remove_duplicate=False))
-    state.update(probe.named_buffers(remove_duplicate=False))
-    meta = {k: torch.empty_like(v, device="meta") for k, v in state.items()}
-    x = torch.empty(2, in_chans, *img_size, device="meta")
-    modes = [(m, m.training) for m in probe.modules()]
-    probe.eval()  # eval-mode norms are cheaper to trace and leave no running-stat updates
-    try:
-        return [tuple(f.shape[1:]) for f in torch.func.functional_call(probe, meta, (x,))]
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _fuse(primary: torch.Tensor, attention: list[torch.Tensor]) -> torch.Tensor:
@@ -252,19 +145,19 @@ class VAANet(nn.Module):
         self.backbone = timm.create_model(
             backbone, pretrained=backbone_pretrained_file is not None, num_classes=0, **bb_kwargs
         )
-        info = _stage_info(self.backbone)
+        info = stage_info(self.backbone)
         self.layout = layout
         self.taps = tuple(taps) if taps is not None else default_taps(self.backbone, layout)
         if not self.taps or not all(isinstance(t, str) for t in self.taps):
             raise ValueError(f"taps must be a non-empty sequence of module paths, got {taps!r}")
-        self._steps, self._tap_steps = _plan(self.backbone, self.taps, info[-1]["module"])
+        self._steps, self._tap_steps = plan_taps(self.backbone, self.taps, info[-1]["module"])
         used = {s.split(".")[0] for s in self._steps}
         for name, _ in list(self.backbone.named_children()):
             if name not in used:  # after the final stage: classifier, head convs/norms
                 setattr(self.backbone, name, nn.Identity())
 
         self.img_size = _pair("img_size", img_size)
-        shapes = _tap_shapes(self.backbone, self._steps, self._tap_steps, in_chans, self.img_size)
+        shapes = tap_shapes(self.backbone, self._steps, self._tap_steps, in_chans, self.img_size)
         self.tap_channels = tuple(s[0] for s in shapes)
         self.feature_sizes = tuple((s[1], s[2]) for s in shapes)
         self._branch_kwargs = dict(
@@ -310,7 +203,9 @@ class VAANet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The tapped backbone maps, one per branch in tap order; the last is the final stage map."""
-        return _run(self.backbone, self._steps, self._tap_steps, x, self.grad_checkpointing and self.training)
+        return run_taps(
+            self.backbone, self._steps, self._tap_steps, x, self.grad_checkpointing and self.training
+        )
 
     def _pool(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         if isinstance(features, torch.Tensor) or len(features) != len(self.taps):
