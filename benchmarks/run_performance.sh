@@ -3,7 +3,7 @@
 # raw JSON/CSV) go to benchmarks/results/. About an hour on an idle 2-core machine.
 #
 #   bash benchmarks/run_performance.sh            # everything
-#   bash benchmarks/run_performance.sh ops san    # a subset of: ops ops1 san san1 san224 san224_1 csra psa psa1 allocator
+#   bash benchmarks/run_performance.sh ops san    # a subset of: ops ops1 san san1 san224 san224_1 sanfold csra psa psa1 allocator
 #                                                 # mfu mfubf16 (…1: one thread)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +45,10 @@ fi
 if want san224_1; then
   run san_train_step_224_1thread "$PY" benchmarks/san_train_step.py --rounds 5 --batch-size 8 --img-size 224 \
     --allocators tuned --threads 1 --json "$OUT/san_train_step_224_1thread.json"
+fi
+if want sanfold; then
+  run san_train_step_224_fold "$PY" benchmarks/san_train_step.py --rounds 5 --batch-size 8 --img-size 224 \
+    --allocators tuned --threads 1 --literal-gamma --json "$OUT/san_train_step_224_fold.json"
 fi
 if want csra; then
   run csra_head "$PY" benchmarks/csra_head.py --rounds 5 --json "$OUT/csra_head.json"

@@ -1,13 +1,16 @@
 """SAN10 pairwise training step on the memory-lean ``fast_cpu`` operators vs the unfold ``reference``.
 
     python benchmarks/san_train_step.py [--model san10_pairwise] [--batch-size 4] [--img-size 128]
-        [--allocators tuned system] [--threads N] [--rounds 5] [--precision fp32|bf16] [--json OUT]
+        [--allocators tuned system] [--threads N] [--rounds 5] [--precision fp32|bf16] [--literal-gamma]
+        [--json OUT]
 
 One step = ``zero_grad`` → forward → cross-entropy → backward → SGD step (as ``visattn bench --mode
 train``), the same model instance and input for both variants, interleaved; ``impl="auto"`` is pointed
 at one implementation for the whole network (``only_implementation``). 128 px is the smallest input
 that the official reflect padding allows with SAN's default kernels (3, 7, 7, 7, 7). Target: the fast
 operators make the step ≥ 1.5× faster. Peak tensor memory of one step from PyTorch's profiler.
+``--literal-gamma`` adds the fast operators with γ's first BatchNorm evaluated literally
+(``PairwiseSelfAttention(fold_norm=False)``), to show what folding it into the relation saves.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ from _bench_common import (  # noqa: E402
 )
 
 IMPLS = ("fast_cpu", "reference")
+# label -> (operator implementation, PairwiseSelfAttention.fold_norm)
+VARIANTS = {
+    "fast_cpu": ("fast_cpu", True),
+    "reference": ("reference", True),
+    "fast_cpu γ literal": ("fast_cpu", False),
+}
+
+
+def _labels(args) -> list[str]:
+    return [*IMPLS, "fast_cpu γ literal"] if args.literal_gamma else list(IMPLS)
 
 
 def worker(args) -> dict:
@@ -49,8 +62,16 @@ def worker(args) -> dict:
         else contextlib.nullcontext
     )
 
-    def make(impl):
+    from visattn.layers import PairwiseSelfAttention
+
+    pairwise = [m for m in model.modules() if isinstance(m, PairwiseSelfAttention)]
+
+    def make(label):
+        impl, fold = VARIANTS[label]
+
         def step():
+            for m in pairwise:  # γ's first BN folded into the relation (default) or evaluated literally
+                m.fold_norm = fold
             with only_implementation(impl):
                 opt.zero_grad(set_to_none=True)
                 with amp():
@@ -60,11 +81,12 @@ def worker(args) -> dict:
 
         return step
 
-    steps = {impl: make(impl) for impl in IMPLS}
+    labels = _labels(args)
+    steps = {label: make(label) for label in labels}
     res = measure_interleaved(steps, rounds=args.rounds)
-    for impl in IMPLS:
-        _, peak = peak_tensor_memory(steps[impl])
-        res[impl]["peak_tensor_mib"] = peak / 2**20
+    for label in labels:
+        _, peak = peak_tensor_memory(steps[label])
+        res[label]["peak_tensor_mib"] = peak / 2**20
     return {**info, "results": res}
 
 
@@ -77,6 +99,11 @@ def main() -> None:
     parser.add_argument("--allocators", nargs="+", default=["tuned", "system"], choices=["tuned", "system"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--literal-gamma",
+        action="store_true",
+        help="also time fast_cpu with γ's first BatchNorm evaluated literally (fold_norm=False)",
+    )
     parser.add_argument("--json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--allocator", default="tuned", help=argparse.SUPPRESS)
@@ -84,18 +111,22 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    common = [
-        "--model",
-        args.model,
-        "--batch-size",
-        str(args.batch_size),
-        "--img-size",
-        str(args.img_size),
-        "--precision",
-        args.precision,
-        "--rounds",
-        str(args.rounds),
-    ] + (["--threads", str(args.threads)] if args.threads else [])
+    common = (
+        [
+            "--model",
+            args.model,
+            "--batch-size",
+            str(args.batch_size),
+            "--img-size",
+            str(args.img_size),
+            "--precision",
+            args.precision,
+            "--rounds",
+            str(args.rounds),
+        ]
+        + (["--threads", str(args.threads)] if args.threads else [])
+        + (["--literal-gamma"] if args.literal_gamma else [])
+    )
     out, rows = {}, []
     for alloc in args.allocators:
         res = run_worker(__file__, ["--worker", "--allocator", alloc, *common])
@@ -106,9 +137,9 @@ def main() -> None:
             file=sys.stderr,
         )
         r = res["results"]
-        for impl in IMPLS:
+        for impl in _labels(args):
             m = r[impl]
-            speed = r["reference"]["wall_median_ms"] / r["fast_cpu"]["wall_median_ms"]
+            speed = r["reference"]["wall_median_ms"] / m["wall_median_ms"]
             rows.append(
                 [
                     f"{args.model} b{args.batch_size} {args.img_size}px {args.precision}",

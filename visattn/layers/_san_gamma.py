@@ -62,7 +62,8 @@ class PointwiseConv(nn.Conv2d):
     """A 1×1 ``nn.Conv2d`` (same parameters and state-dict keys) computed by :func:`pointwise`.
 
     On the ``(B, C, K², L)`` relation tensors of SAN (few channels, huge spatial extent) PyTorch's CPU
-    convolutions are 1.5–5× slower than ``baddbmm`` on the ``(B, C, K²·L)`` view.
+    convolutions (im2col with one thread, oneDNN with more) are slower than ``baddbmm`` on the
+    ``(B, C, K²·L)`` view, markedly so with two threads on SAN10's first-stage relation.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
