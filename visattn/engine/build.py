@@ -8,7 +8,7 @@ built here, so ``visattn train``, ``visattn eval`` and the Python API share one 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,18 @@ def _task_spec(config: Mapping[str, Any]) -> TaskSpec:
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r} (key 'task'); available: {list_tasks()}")
     return _TASKS[name]
+
+
+def task_options(config: Mapping[str, Any], task: str, known: Sequence[str]) -> dict[str, Any]:
+    """The recipe's ``task_kwargs``; an unknown key is one error naming it and the known ones."""
+    options = dict(config.get("task_kwargs") or {})
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"task {task}: unknown task_kwargs {unknown} (first: 'task_kwargs.{unknown[0]}'; "
+            f"known: {', '.join(known)})"
+        )
+    return options
 
 
 def image_transform(config: Mapping[str, Any], train: bool) -> Callable:

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from visattn.metrics.classification import ClassificationMetrics
 
-from .build import TaskSpec, num_classes_of, register_task
+from .build import TaskSpec, num_classes_of, register_task, task_options
 
 __all__ = ["SingleLabelTask", "SmoothedCrossEntropy", "TASK_OPTIONS"]
 
@@ -158,10 +158,7 @@ def build_classification_task(
     config: Mapping[str, Any], model: nn.Module, train_set: Dataset | None
 ) -> SingleLabelTask:
     """``TaskSpec.build`` of ``task: classification`` (options from ``task_kwargs``)."""
-    options = dict(config.get("task_kwargs") or {})
-    unknown = sorted(set(options) - set(TASK_OPTIONS))
-    if unknown:
-        raise ValueError(f"task classification: unknown task_kwargs {unknown} (known: {list(TASK_OPTIONS)})")
+    options = task_options(config, "classification", TASK_OPTIONS)
     topk = tuple(options.get("topk", (1, 5)))
     allowed = {f"top{k}" for k in topk} | set(SCALAR_METRICS)
     metric = config["eval"]["metric"]

@@ -53,7 +53,7 @@ from visattn.metrics.keypoints import (
 )
 from visattn.models import pose as _pose_models  # noqa: F401 - registers the models
 
-from .build import TaskSpec, register_task
+from .build import TaskSpec, register_task, task_options
 
 __all__ = ["KeypointTask", "joints_mse_loss"]
 
@@ -203,13 +203,7 @@ class KeypointTask:
 
 
 def _options(config: Mapping[str, Any]) -> dict[str, Any]:
-    tk = dict(config.get("task_kwargs") or {})
-    unknown = sorted(set(tk) - set(KNOWN_KWARGS))
-    if unknown:
-        raise ValueError(
-            f"unknown key 'task_kwargs.{unknown[0]}' for task 'keypoints' (known: {', '.join(KNOWN_KWARGS)})"
-        )
-    return tk
+    return task_options(config, "keypoints", KNOWN_KWARGS)
 
 
 def _sizes(config: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:

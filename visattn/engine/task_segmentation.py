@@ -42,7 +42,7 @@ from visattn.metrics.segmentation import SegmentationMetrics
 from visattn.models import segmentation as _seg_models  # noqa: F401 - registers the models
 from visattn.models.segmentation import segment
 
-from .build import TaskSpec, register_task
+from .build import TaskSpec, register_task, task_options
 
 __all__ = ["SegmentationTask", "ohem_cross_entropy"]
 
@@ -155,13 +155,7 @@ class SegmentationTask:
 
 
 def _options(config: Mapping[str, Any]) -> dict[str, Any]:
-    tk = dict(config.get("task_kwargs") or {})
-    unknown = sorted(set(tk) - set(KNOWN_KWARGS))
-    if unknown:
-        raise ValueError(
-            f"unknown key 'task_kwargs.{unknown[0]}' for task 'segmentation' (known: {', '.join(KNOWN_KWARGS)})"
-        )
-    return tk
+    return task_options(config, "segmentation", KNOWN_KWARGS)
 
 
 def segmentation_transform(config: Mapping[str, Any], train: bool):

@@ -39,7 +39,14 @@ from torch import nn
 from . import glyphnet as _glyphnet  # noqa: F401 - registers glyphnet with timm
 from . import psa as _psa_models  # noqa: F401 - registers the psa_* backbones with timm
 from ._registry import register_model
-from .segmentation import _finish, _glyph_backbone, _hrnet_backbone, backbone_kwargs, split_psa_kwargs
+from .segmentation import (
+    DenseModel,
+    _finish,
+    _glyph_backbone,
+    _hrnet_backbone,
+    backbone_kwargs,
+    split_psa_kwargs,
+)
 
 __all__ = ["DeconvHead", "HeatmapHead", "PoseModel"]
 
@@ -90,35 +97,8 @@ class HeatmapHead(nn.Module):
         return feats[0] if pre_logits else self.classifier(feats[0])
 
 
-class PoseModel(nn.Module):
+class PoseModel(DenseModel):
     """``features_only`` backbone + heatmap head (timm-style interface; ``num_classes`` = keypoints)."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.num_classes = num_classes
-        self.num_features = head.num_features
-        self.feature_info = backbone.feature_info
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.classifier
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        dev = next(self.head.parameters()).device
-        self.head.classifier = (
-            nn.Conv2d(self.num_features, num_classes, 1) if num_classes else nn.Identity()
-        ).to(dev)
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.backbone(x)
-
-    def forward_head(self, feats: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
-        return self.head(feats, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _check_left(name: str, kwargs: dict[str, Any]) -> None:

@@ -56,18 +56,16 @@ PSA_KEYS = ("psa_layout", "psa_variant", "psa_init", "psa_bias", "position", "ps
 _HEADS = {"fcn": FCNHead, "aspp": ASPPHead, "concat": ConcatHead}
 
 
-class SegmentationModel(nn.Module):
-    """``features_only`` backbone + head; logits at input resolution (timm-style interface)."""
+class DenseModel(nn.Module):
+    """``features_only`` backbone + per-pixel head with timm's model interface (shared by the segmentation
+    and pose families; ``num_classes`` = classes or keypoints, ``head.classifier`` a 1×1 conv)."""
 
-    def __init__(self, backbone: nn.Module, head: str, num_classes: int, **head_kwargs: Any) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
+        self.head = head
         self.num_classes = num_classes
-        self.head_name = head
-        self.head_kwargs = head_kwargs
-        channels = backbone.feature_info.channels()
-        self.head = _HEADS[head](channels, num_classes, **head_kwargs)
-        self.num_features = self.head.num_features
+        self.num_features = head.num_features
         self.feature_info = backbone.feature_info
 
     def get_classifier(self) -> nn.Module:
@@ -85,6 +83,20 @@ class SegmentationModel(nn.Module):
 
     def forward_head(self, feats: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
         return self.head(feats, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class SegmentationModel(DenseModel):
+    """``features_only`` backbone + head; logits at input resolution (timm-style interface)."""
+
+    def __init__(self, backbone: nn.Module, head: str, num_classes: int, **head_kwargs: Any) -> None:
+        super().__init__(
+            backbone, _HEADS[head](backbone.feature_info.channels(), num_classes, **head_kwargs), num_classes
+        )
+        self.head_name = head
+        self.head_kwargs = head_kwargs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.forward_head(self.forward_features(x))
