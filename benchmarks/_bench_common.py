@@ -110,8 +110,14 @@ def fmt(v: float | None, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], json_path: str | None = None, raw: Any = None
+) -> None:
+    """Print a markdown table; with ``json_path``, also write the raw results ``raw`` there."""
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:
         print("| " + " | ".join(str(c) for c in row) + " |")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(raw, f, indent=1)

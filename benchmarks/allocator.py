@@ -123,10 +123,9 @@ def main() -> None:
             "vs system (wall)",
         ],
         rows,
+        json_path=args.json,
+        raw=out,
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

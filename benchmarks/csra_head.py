@@ -109,10 +109,9 @@ def main() -> None:
             "head share (MACs)",
         ],
         rows,
+        json_path=args.json,
+        raw=res,
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":

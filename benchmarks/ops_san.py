@@ -165,10 +165,9 @@ def main() -> None:
             "memory vs ref",
         ],
         rows,
+        json_path=args.json,
+        raw=out,
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -135,10 +135,9 @@ def main() -> None:
     print_table(
         ["PSA layer", "pass", "visattn median ms", "naive median ms", "speed-up (wall)", "speed-up (CPU)"],
         rows,
+        json_path=args.json,
+        raw=res,
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":
