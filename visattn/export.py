@@ -25,7 +25,6 @@ Layout: this module holds the ``visattn export`` subcommand and re-exports the A
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +56,16 @@ TESTED_FAMILIES = (
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def _parse_kv(items: Sequence[str]) -> dict[str, Any]:
+def _cmd_export(args: argparse.Namespace) -> int:
     from visattn.cli import _parse_sets
 
-    return _parse_sets(items)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
     if args.format != "onnx":
         raise ValueError(f"unsupported format {args.format!r} (available: onnx)")
     loaded = load_trained_model(
         args.checkpoint,
         config=args.config,
         model_name=args.model,
-        model_kwargs=_parse_kv(args.model_arg),
+        model_kwargs=_parse_sets(args.model_arg),
         overrides=args.set,
         img_size=args.img_size,
         ema=args.ema,

@@ -204,6 +204,37 @@ def _temperature(module: nn.Module) -> str:
     return "" if t is None else ("T=inf" if math.isinf(t) else f"T={t:g}")
 
 
+def _class_panels(
+    maps: torch.Tensor,
+    probs: torch.Tensor | None,
+    topk: int,
+    class_names: Sequence[str] | None,
+    size: tuple[int, int],
+    title: str,
+    family: str,
+    module: str,
+    kind: str,
+) -> list[Panel]:
+    """One panel per top-scoring class of a ``(num_classes, h, w)`` class-map stack (CSRA, VAA)."""
+    panels = []
+    for c, p in _top_classes(maps, probs, topk):
+        heat = maps[c].numpy()
+        prob = "" if p is None else f" p={p:.2f}"
+        cname = _name(class_names, c)
+        panels.append(
+            Panel(
+                f"{title}\nclass {cname}{prob}",
+                family,
+                heat=heat,
+                points=(_peak(heat, size),),
+                class_name=cname,
+                module=module,
+                kind=kind,
+            )
+        )
+    return panels
+
+
 def attention_panels(
     record: AttentionRecord,
     index: int = 0,
@@ -233,37 +264,14 @@ def attention_panels(
         module = record.modules.get(name)
         label = name or "<model>"
         if isinstance(module, CSRA) and "score" in kinds:
-            score = kinds["score"][index]
-            for c, p in _top_classes(score, probs, topk):
-                heat = score[c].numpy()
-                prob = "" if p is None else f" p={p:.2f}"
-                panels.append(
-                    Panel(
-                        f"CSRA {label} {_temperature(module)}\nclass {_name(class_names, c)}{prob}",
-                        "CSRA",
-                        heat=heat,
-                        points=(_peak(heat, (H, W)),),
-                        class_name=_name(class_names, c),
-                        module=name,
-                        kind="score",
-                    )
-                )
+            title = f"CSRA {label} {_temperature(module)}"
+            panels += _class_panels(
+                kinds["score"][index], probs, topk, class_names, (H, W), title, "CSRA", name, "score"
+            )
         elif isinstance(module, AttentionAggregation) and "mask" in kinds:
             mask = kinds["mask"][index]
-            for c, p in _top_classes(mask, probs, topk):
-                heat = mask[c].numpy()
-                prob = "" if p is None else f" p={p:.2f}"
-                panels.append(
-                    Panel(
-                        f"VAA {label} {heat.shape[0]}x{heat.shape[1]}\nclass {_name(class_names, c)}{prob}",
-                        "VAA",
-                        heat=heat,
-                        points=(_peak(heat, (H, W)),),
-                        class_name=_name(class_names, c),
-                        module=name,
-                        kind="mask",
-                    )
-                )
+            title = f"VAA {label} {mask.shape[-2]}x{mask.shape[-1]}"
+            panels += _class_panels(mask, probs, topk, class_names, (H, W), title, "VAA", name, "mask")
         elif isinstance(module, AttentionModule) and "mask" in kinds:
             mask = kinds["mask"][index]
             panels.append(
