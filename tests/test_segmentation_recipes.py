@@ -1,12 +1,9 @@
 """The real-data segmentation recipes start from the CLI on fixture-sized data in the real formats."""
 
-import csv
-
 import pytest
+from data_fixtures import cli_train
 from test_data_cityscapes import make_cityscapes
 from test_data_voc_seg import make_voc_seg
-
-from visattn.cli import main
 
 SMALL = [
     "--set",
@@ -21,18 +18,7 @@ SMALL = [
 
 
 def run(recipe, root, out, *extra):
-    argv = [
-        "train",
-        f"configs/{recipe}",
-        *SMALL,
-        "--set",
-        f"data.kwargs.root={root}",
-        "--set",
-        f"output={out}",
-        *extra,
-    ]
-    assert main(argv) == 0
-    return next(csv.DictReader((out / "log.csv").open()))
+    return cli_train(f"configs/{recipe}", out, *SMALL, "--set", f"data.kwargs.root={root}", *extra)[0]
 
 
 def test_cityscapes_recipe_with_a_small_hrnet(tmp_path):

