@@ -107,8 +107,9 @@ def test_moments_match_the_materialised_relation_in_float32_with_a_large_offset(
     # A large common offset: the naive E[r²] − E[r]² would lose most digits in float32.
     x1 = torch.randn(2, 5, 12, 12) * 0.1 + 50.0
     x2 = torch.randn(2, 5, 12, 12) * 0.1 + 49.0
-    mean, var = subtraction_moments(x1, x2, geometry)
+    mean, var, count = subtraction_moments(x1, x2, geometry)
     r = local_subtraction2(x1.double(), x2.double(), **geometry)
+    assert count == r[0, 0].numel() * r.shape[0]
     torch.testing.assert_close(mean.double(), r.mean(dim=(0, 2, 3)), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(var.double(), r.var(dim=(0, 2, 3), unbiased=False), rtol=1e-3, atol=1e-7)
 

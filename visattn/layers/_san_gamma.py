@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.ops import local_subtraction2
+from visattn.ops import LocalGeometry, local_subtraction2
 
 __all__ = [
     "PointwiseConv",
@@ -126,41 +126,33 @@ def batch_norm_affine(
     return a, b
 
 
-def _padded(x: torch.Tensor, geometry: dict) -> torch.Tensor:
-    pad = geometry["dilation"] * (geometry["kernel_size"] - 1) // 2
-    if not pad:
-        return x
-    mode = "reflect" if geometry["padding_mode"] == "reflect" else "constant"
-    return F.pad(x, (pad, pad, pad, pad), mode=mode)
-
-
-def _box_sum(xp: torch.Tensor, geometry: dict) -> torch.Tensor:
+def _box_sum(xp: torch.Tensor, g: LocalGeometry) -> torch.Tensor:
     """``Σ_k xp[nbr_k(l)]`` of an already padded map as ``(B, C, L)`` (depthwise all-ones convolution)."""
-    k = geometry["kernel_size"]
-    ones = xp.new_ones(xp.shape[1], 1, k, k)
-    out = F.conv2d(xp, ones, stride=geometry["stride"], dilation=geometry["dilation"], groups=xp.shape[1])
-    return out.flatten(2)
+    ones = xp.new_ones(xp.shape[1], 1, *g.kernel)
+    return F.conv2d(xp, ones, stride=g.stride, dilation=g.dilation, groups=xp.shape[1]).flatten(2)
 
 
 def subtraction_moments(
     x1: torch.Tensor, x2: torch.Tensor, geometry: dict
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``local_subtraction2(x1, x2)`` over ``(B, K², L)``,
-    in float32 (float64 inputs stay float64), differentiable, without building the relation."""
-    taps = geometry["kernel_size"] ** 2
-    s = geometry["stride"]
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel mean and biased variance of ``local_subtraction2(x1, x2)`` over ``(B, K², L)``, and
+    that count ``B·K²·L``; float32 (float64 inputs stay float64), differentiable, without building the
+    relation."""
+    g = LocalGeometry.of(x1, **geometry, op="subtraction_moments")
     if x1.dtype != torch.float64:
         x1, x2 = x1.float(), x2.float()
     # Shift both by detached constants (after padding, so zero padding stays zero in the original
     # values): the variance is shift-invariant and the shifted relation has a mean near 0, so
     # E[r²] − E[r]² does not cancel catastrophically in float32.
-    centre = (x1[:, :, ::s, ::s] if s != 1 else x1).flatten(2)
+    sh, sw = g.stride
+    centre = x1[:, :, ::sh, ::sw].flatten(2)
     c1 = centre.detach().mean(dim=(0, 2))
     c2 = x2.detach().mean(dim=(0, 2, 3))
     centre = centre - c1.view(1, -1, 1)
-    x2p = _padded(x2, geometry) - c2.view(1, -1, 1, 1)
-    box1 = _box_sum(x2p, geometry)
-    box2 = _box_sum(x2p * x2p, geometry)
+    x2p = g.pad(x2) - c2.view(1, -1, 1, 1)
+    box1 = _box_sum(x2p, g)
+    box2 = _box_sum(x2p * x2p, g)
+    taps = g.num_taps
     count = centre.shape[0] * centre.shape[2] * taps
     sum_r = taps * centre.sum(dim=(0, 2)) - box1.sum(dim=(0, 2))
     sum_r2 = (
@@ -168,7 +160,7 @@ def subtraction_moments(
     )
     mean = sum_r / count
     var = (sum_r2 / count - mean * mean).clamp_min(0)
-    return mean + (c1 - c2), var
+    return mean + (c1 - c2), var, count
 
 
 def folded_gamma_input(
@@ -181,12 +173,10 @@ def folded_gamma_input(
     """
     bn, act, conv = gamma[0], gamma[1], gamma[2]
     c = x1.shape[1]
-    taps = geometry["kernel_size"] ** 2
     mean = var = None
     count = 0
     if bn.training or bn.running_mean is None:
-        mean, var = subtraction_moments(x1, x2, geometry)
-        count = x1.shape[0] * taps * (x1[0, 0, :: geometry["stride"], :: geometry["stride"]].numel())
+        mean, var, count = subtraction_moments(x1, x2, geometry)
         if pos is not None:
             p = pos.to(mean.dtype)
             mean = torch.cat([mean, p.mean(dim=(0, 2, 3))])

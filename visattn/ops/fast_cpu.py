@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from .local_attention import LocalGeometry, register_implementation
 
@@ -50,13 +49,6 @@ def supports(x: torch.Tensor) -> bool:
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _pad(x: torch.Tensor, g: LocalGeometry) -> torch.Tensor:
-    ph, pw = g.padding
-    if not (ph or pw):
-        return x
-    return F.pad(x, (pw, pw, ph, ph), mode="reflect" if g.padding_mode == "reflect" else "constant")
 
 
 def _taps(g: LocalGeometry) -> Iterator[tuple[int, slice, slice]]:
@@ -132,7 +124,7 @@ def _aggregation_forward(x: torch.Tensor, w: torch.Tensor, g: LocalGeometry) -> 
     J = C // Cw
     Ho, Wo = g.out_size
     acc = _acc_dtype(x.dtype)
-    xp = _pad(x.contiguous(), g)
+    xp = g.pad(x.contiguous())
     xp = xp.view(B, J, Cw, *xp.shape[-2:])  # channel c = j·Cw + g: interleaved sharing
     w6 = w.contiguous().view(B, 1, Cw, g.num_taps, Ho, Wo)
     out = torch.zeros(B, J, Cw, Ho, Wo, dtype=acc, device=x.device)
@@ -158,7 +150,7 @@ def _aggregation_backward(
     go = grad.to(acc).contiguous().view(B, J, Cw, Ho, Wo)
     gw = gxp = xp = None
     if need_w:
-        xp = _pad(x.contiguous(), g)
+        xp = g.pad(x.contiguous())
         xp = xp.view(B, J, Cw, *xp.shape[-2:])
         gw = torch.empty(B, Cw, g.num_taps, Ho, Wo, dtype=acc, device=x.device)
     if need_x:
@@ -237,8 +229,8 @@ def _windows(xp: torch.Tensor, g: LocalGeometry) -> torch.Tensor:
 
 def _subtraction_forward(x1: torch.Tensor, x2: torch.Tensor | None, g: LocalGeometry) -> torch.Tensor:
     B, C = x1.shape[:2]
-    p1 = _pad(x1.contiguous(), g)
-    p2 = p1 if x2 is None else _pad(x2.contiguous(), g)
+    p1 = g.pad(x1.contiguous())
+    p2 = p1 if x2 is None else g.pad(x2.contiguous())
     rows, cols = _centre(g)
     centre = p1[:, :, rows, cols].view(B, C, 1, 1, *g.out_size)
     if _compiling():  # functionalised graphs have no out= (the compiler picks the layout)

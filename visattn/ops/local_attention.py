@@ -70,6 +70,27 @@ class LocalGeometry:
     def centre_tap(self) -> int:
         return (self.kernel[0] - 1) // 2 * self.kernel[1] + (self.kernel[1] - 1) // 2
 
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x̃``: ``x`` padded as the operators read it (reflect without edge repeat, or zeros)."""
+        ph, pw = self.padding
+        if not (ph or pw):
+            return x
+        return F.pad(x, (pw, pw, ph, ph), mode="reflect" if self.padding_mode == "reflect" else "constant")
+
+    @classmethod
+    def of(
+        cls,
+        x: torch.Tensor,
+        kernel_size,
+        stride=1,
+        dilation=1,
+        padding=None,
+        padding_mode: str = "reflect",
+        op: str = "local operator",
+    ) -> LocalGeometry:
+        """The validated geometry of a call on ``x`` with these arguments (errors name ``op``)."""
+        return _geometry(x, kernel_size, stride, dilation, padding, padding_mode, op=op, odd_kernel=True)
+
 
 def _geometry(
     x: torch.Tensor,
@@ -119,9 +140,7 @@ def _geometry(
 
 def _unfold(x: torch.Tensor, g: LocalGeometry) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, K², L): every footprint neighbour of every output position."""
-    ph, pw = g.padding
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph), mode="reflect" if g.padding_mode == "reflect" else "constant")
+    x = g.pad(x)
     cols = F.unfold(x, g.kernel, dilation=g.dilation, padding=0, stride=g.stride)
     return cols.view(x.shape[0], x.shape[1], g.num_taps, -1)
 
