@@ -59,7 +59,7 @@ def test_folded_first_norm_equals_literal_order(kw, mode):
         torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12, msg=name)
 
 
-def test_folded_path_is_taken_and_builds_no_normalised_copy():
+def test_folded_path_skips_the_batchnorm_module_and_still_counts_the_batch():
     folded, plain = _pair(dtype=torch.float32)
     folded.train()
     calls = []
