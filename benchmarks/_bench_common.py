@@ -1,7 +1,7 @@
 """Shared helpers of the performance benchmarks (``benchmarks/*.py``; results in ``docs/benchmarks.md``).
 
 Every script runs its measurements in child processes, one per allocator setting, started with the
-``MALLOC_*`` variables removed from the environment so that ``visattn._allocator`` alone decides the
+``MALLOC_*`` variables removed from the environment so that ``visattn.utils.allocator`` alone decides the
 setting (``tuned``: mallopt; ``system``: glibc defaults). Timings interleave the variants being compared
 (A B B A ...) so that load from other processes hits both alike; the tables give the minimum and the
 median wall time of each and the median process CPU time.
@@ -46,7 +46,7 @@ def run_worker(script: str, args: Sequence[str], extra_env: dict[str, str] | Non
 
 def setup_worker(allocator: str, threads: int | None) -> dict[str, Any]:
     """Apply the allocator setting and thread count in a worker; describe the machine state."""
-    from visattn._allocator import apply_allocator_setting
+    from visattn.utils.allocator import apply_allocator_setting
 
     setting = apply_allocator_setting(allocator)
     if threads:

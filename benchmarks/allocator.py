@@ -4,7 +4,7 @@
 
 Three fresh processes per workload: glibc defaults (``system``), ``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=1000000000000`` in the environment (``env``), and
-``visattn._allocator.apply_allocator_setting("tuned")`` after start-up (``mallopt``). Workloads: the
+``visattn.utils.allocator.apply_allocator_setting("tuned")`` after start-up (``mallopt``). Workloads: the
 reference (unfold) and fast SAN aggregation, forward+backward at the SAN10 stage-1 shape, and a SAN10
 pairwise training step (batch 2, 128 px) on the reference operators. Reported per step: median wall
 time, median process CPU time, kernel (system) CPU time and minor page faults.

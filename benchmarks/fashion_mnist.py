@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     from visattn.config import load_config
     from visattn.data.factory import FASHION_MNIST_DIR
     from visattn.engine.build import build_datasets, build_model, build_task, num_classes_of
-    from visattn.engine.distributed import seed_everything
     from visattn.engine.trainer import Trainer
     from visattn.models import count_parameters
+    from visattn.utils.distributed import seed_everything
 
     root = args.root or FASHION_MNIST_DIR
     if not Path(root, "train-images-idx3-ubyte.gz").is_file():

@@ -37,8 +37,8 @@ MODELS = (
 
 
 def main() -> None:
-    from visattn._allocator import apply_allocator_setting
     from visattn.bench import PRECISIONS, benchmark_model, matmul_peak_gflops, write_csv
+    from visattn.utils.allocator import apply_allocator_setting
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["infer", "train"], default="infer")

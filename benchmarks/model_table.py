@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import visattn
-from visattn.cli import model_info
+from visattn.models import model_info
 
 # Published figures: (params in M, ops in G, source).
 PUBLISHED = {

@@ -12,8 +12,9 @@ import textwrap
 import pytest
 import torch
 
-from visattn import _allocator, bench
+from visattn import bench
 from visattn.cli import main
+from visattn.utils import allocator as _allocator
 
 TIMM_COLUMNS = (
     "infer_samples_per_sec",
@@ -149,7 +150,7 @@ _PROBE = textwrap.dedent(
     if sys.argv[1] == "full":  # the whole package, the CLI and its plugins
         import visattn, visattn.bench, visattn.cli
         visattn.cli.build_parser()
-        from visattn._allocator import apply_allocator_setting
+        from visattn.utils.allocator import apply_allocator_setting
     else:  # the allocator module alone (no torch import: fast)
         import importlib.util
         spec = importlib.util.spec_from_file_location("alloc", sys.argv[2])

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from visattn.config import load_config
 from visattn.data.transforms import build_transform
-from visattn.engine.task_classification import (
+from visattn.engine.tasks.classification import (
     SingleLabelTask,
     SmoothedCrossEntropy,
     build_classification_task,
@@ -231,7 +231,7 @@ def test_trainer_fits_and_reports_top1(tmp_path):
     model, train = _Linear(), _Toy(64, 0)
     task = build_classification_task(config, model, train)
     trainer = Trainer(config, model, task, train, _Toy(32, 1))
-    trainer.verbose = False
+
     result = trainer.fit()
     assert result["top1"] == 1.0 and result["best"]["metric"] == "top1" and "nll" in result
     final = trainer.evaluate()

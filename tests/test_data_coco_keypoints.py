@@ -11,7 +11,7 @@ from PIL import Image
 from visattn.data._common import AnnotationError
 from visattn.data.coco_keypoints import COCOKeypoints
 from visattn.data.joint_transforms import TopDownTransform
-from visattn.engine.task_keypoints import to_image_coords
+from visattn.engine.tasks.keypoints import to_image_coords
 from visattn.metrics.keypoints import (
     COCO_FLIP_PAIRS,
     COCO_KEYPOINT_NAMES,

@@ -16,7 +16,8 @@ import onnx  # noqa: E402
 
 import visattn  # noqa: E402
 from visattn.cli import main  # noqa: E402
-from visattn.export import export_onnx, load_trained_model  # noqa: E402
+from visattn.export import export_onnx  # noqa: E402
+from visattn.inference import load_trained_model  # noqa: E402
 from visattn.ops import available_implementations  # noqa: E402
 
 # (family, create_model name, kwargs, input size): small configurations of every registered family.

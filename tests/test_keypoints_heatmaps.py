@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from visattn.data.joint_transforms import TopDownTransform, affine_matrix, transform_points, warp_image
-from visattn.engine.task_keypoints import to_image_coords
+from visattn.engine.tasks.keypoints import to_image_coords
 from visattn.metrics.keypoints import (
     COCO_FLIP_PAIRS,
     COCO_KEYPOINT_NAMES,

@@ -281,19 +281,19 @@ def test_history_state_dict_round_trip_and_index_check():
 def test_push_all_gathers_across_ranks(monkeypatch):
     """Simulated 2-rank DDP: push concatenates every rank's (indices, predictions); rank 0's copy of a
     duplicated index (DistributedSampler padding) wins and the other is dropped."""
-    import visattn._losses_vaa as L  # the module whose push() all-gathers
+    import torch.distributed as dist  # push() all-gathers through visattn.utils.all_gather_variable
 
     other_p, other_i = torch.full((3, 2), 0.7), torch.tensor([3, 4, 0])
     replies = iter([torch.tensor([3]), other_p, torch.tensor([3]), other_i])
 
-    def fake_all_gather(outputs, tensor):
+    def fake_all_gather(outputs, tensor, group=None):
         outputs[0].copy_(tensor)
         outputs[1].copy_(next(replies))
 
-    monkeypatch.setattr(L.dist, "is_available", lambda: True)
-    monkeypatch.setattr(L.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(L.dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(L.dist, "all_gather", fake_all_gather)
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "all_gather", fake_all_gather)
     h = HistoryWeightedLoss(5, 2)
     h.push(torch.full((2, 2), 0.2), torch.tensor([1, 3]), epoch=2)
     assert h.history[:, -1, 0].tolist() == pytest.approx([0.7, 0.2, 0.0, 0.2, 0.7])

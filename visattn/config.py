@@ -8,16 +8,25 @@ validated against :data:`DEFAULTS`: an unknown key or a value of the wrong type 
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge"]
+__all__ = [
+    "DEFAULTS",
+    "ConfigError",
+    "apply_overrides",
+    "load_config",
+    "merge",
+    "parse_overrides",
+    "parse_value",
+    "split_override",
+]
 
 
 class ConfigError(ValueError):
@@ -45,7 +54,6 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 16,
         "eval_batch_size": None,
         "workers": 0,
-        "channels": 3,
         "shuffle": True,
         "resize_before": None,
         "rrc_ratio": [0.75, 1.3333333333333333],
@@ -81,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
         "ema": False,
         "ema_decay": 0.9998,
         "log_interval": 50,
+        "keep_checkpoints": 3,
         "max_steps_per_epoch": None,
         "channels_last": False,
         "sync_bn": False,
@@ -107,30 +116,63 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _parse_value(text: str) -> Any:
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` and ``5E4`` are numbers, not strings.
+
+    YAML 1.1 (PyYAML's default) needs a dot in a float (``1.0e-3``), so ``lr: 1e-3`` would be read as the
+    string ``'1e-3'``; every recipe, ``config.json`` and ``--set`` value goes through this loader instead.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """One ``--set`` value as YAML: ``1e-3`` → 0.001, ``5`` → 5, ``true`` → True, ``null`` → None,
+    ``[1, 2]`` → a list, ``{a: 1}`` → a dict; anything else (``dot``, ``runs/x``) stays the string."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
+        return text
+
+
+def split_override(item: str) -> tuple[str, Any]:
+    """``"key.sub=value"`` → ``("key.sub", parsed value)``; the one parser of every ``--set``-style option."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    return key.strip(), parse_value(value.strip())
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` strings → ``{key: value}`` (flat: model keyword arguments, converter options)."""
+    return dict(split_override(item) for item in items)
 
 
 def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (values parsed as YAML: ``1e-3``, ``[1, 2]``, ``true``)."""
+    """Apply ``key.sub=value`` strings (values parsed by :func:`parse_value`) to a nested recipe."""
     out = copy.deepcopy(dict(config))
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = split_override(item)
         node = out
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {part!r} is not a section")
-        node[parts[-1]] = _parse_value(value.strip())
+        node[parts[-1]] = value
     return out
 
 
@@ -202,9 +244,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: _base_ chain loops back to itself")
     try:
-        # A run's config.json is JSON: YAML 1.1 would read its `1e-05` as a string.
         text = path.read_text()
-        data = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+        data = (json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Loader)) or {}  # noqa: S506
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from err
     except yaml.YAMLError as err:

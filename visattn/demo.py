@@ -27,6 +27,7 @@ from visattn import record_attention
 from visattn.config import load_config
 from visattn.engine.build import build_trainer
 from visattn.models import count_parameters, residual_attention
+from visattn.utils.logs import log_to_stderr
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave default)")
     args = parser.parse_args(argv)
+    log_to_stderr()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

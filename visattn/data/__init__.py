@@ -3,7 +3,7 @@
 Multi-label datasets yield ``(image, target, eval_mask, index)``; see :mod:`visattn.data._common`.
 """
 
-from ._common import AnnotationError, MultiLabelDataset
+from ._common import AnnotationError, MultiLabelDataset, load_image, to_float
 from .coco import COCO2014
 from .factory import create_dataset, list_datasets, register_dataset
 from .glyph_canvas import GlyphCanvasDataset, load_mnist5k
@@ -35,7 +35,9 @@ __all__ = [
     "build_transform",
     "create_dataset",
     "list_datasets",
+    "load_image",
     "load_mnist5k",
     "read_idx",
     "register_dataset",
+    "to_float",
 ]

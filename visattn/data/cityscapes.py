@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from ._common import AnnotationError, require_dir
-from .factory import register_dataset
 from .voc_segmentation import IGNORE_INDEX, SegmentationDataset, check_labels, read_label_png
 
 __all__ = ["CITYSCAPES_CLASSES", "Cityscapes", "ID_TO_TRAIN_ID", "labelids_to_trainids"]
@@ -107,10 +104,3 @@ class Cityscapes(SegmentationDataset):
             return labelids_to_trainids(arr, path)
         check_labels(arr, self.num_classes, path, self.ignore_index)
         return arr
-
-
-def _cityscapes(split: str, transform=None, **kwargs: Any) -> Dataset:
-    return Cityscapes(split=split, transform=transform, **kwargs)
-
-
-register_dataset("cityscapes", _cityscapes)

@@ -37,7 +37,6 @@ import torch
 from torch.utils.data import Dataset
 
 from ._common import AnnotationError, load_image, parse_box, read_json, require_dir
-from .factory import register_dataset
 
 __all__ = ["COCOKeypoints", "parse_keypoint_annotations"]
 
@@ -169,7 +168,7 @@ class COCOKeypoints(Dataset):
         sigmas: Sequence[float] | None = None,
         check_files: bool = False,
     ) -> None:
-        from visattn.metrics.keypoints import COCO_SIGMAS, flip_pairs_from_names
+        from .heatmaps import COCO_SIGMAS, flip_pairs_from_names
 
         if ann_file is None or image_dir is None:
             if root is None:
@@ -278,16 +277,3 @@ class COCOKeypoints(Dataset):
 
     def __repr__(self) -> str:
         return f"COCOKeypoints(samples={len(self)}, keypoints={len(self.class_names)}, file={str(self.ann_file)!r})"
-
-
-def _coco_keypoints(split: str, transform=None, **kwargs: Any) -> Dataset:
-    # Per-split values for the file options, e.g. det_file: {val: dets.json} (GT boxes for training).
-    for key in ("ann_file", "image_dir", "det_file", "det_score_thresh"):
-        if isinstance(kwargs.get(key), dict):
-            value = kwargs.pop(key).get(split)
-            if value is not None:
-                kwargs[key] = value
-    return COCOKeypoints(split=split, transform=transform, **kwargs)
-
-
-register_dataset("coco_keypoints", _coco_keypoints)

@@ -1,11 +1,15 @@
 """Dataset registry: recipes name a dataset (``data.name``) and give its keyword arguments (``data.kwargs``).
 
+Every format is registered here, with builders that import their module on first use: ``import visattn.data``
+alone makes :func:`list_datasets` complete, and no dataset module depends on import side effects.
+
 Each builder is called as ``builder(split=..., transform=..., **kwargs)`` and returns a dataset whose items
 follow the contract of its task (multi-label: ``(image, target, eval_mask, index)``).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -30,19 +34,27 @@ def create_dataset(name: str, split: str, transform: Callable | None = None, **k
     return _DATASETS[name](split=split, transform=transform, **kwargs)
 
 
-def _glyph_canvas(
-    split: str, transform=None, num_samples: dict | int | None = None, **kwargs: Any
-) -> Dataset:
-    from .glyph_canvas import GlyphCanvasDataset
+def _per_split(split: str, kwargs: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Options given per split (``num_samples: {train: 3000, test: 1000}``) → this split's value."""
+    kwargs = dict(kwargs)
+    for key in keys:
+        if isinstance(kwargs.get(key), dict):
+            value = kwargs.pop(key).get(split)
+            if value is not None:
+                kwargs[key] = value
+    return kwargs
 
-    if isinstance(num_samples, dict):  # e.g. {train: 3000, test: 1000}
-        num_samples = num_samples.get(split)
-    if num_samples is not None:
-        kwargs["num_samples"] = num_samples
-    return GlyphCanvasDataset(split=split, transform=transform, **kwargs)
 
+def _class_builder(module: str, cls_name: str, per_split: tuple[str, ...] = ()) -> Callable[..., Dataset]:
+    """``builder(split=, transform=, **kwargs)`` of ``visattn.data.<module>.<cls_name>``, imported on first use
+    (so that listing the registry imports no dataset module)."""
 
-register_dataset("glyph_canvas", _glyph_canvas)
+    def build(split: str, transform=None, **kwargs: Any) -> Dataset:
+        cls = getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)
+        return cls(split=split, transform=transform, **_per_split(split, kwargs, per_split))
+
+    build.__qualname__ = build.__name__ = f"build_{cls_name}"
+    return build
 
 
 def _by_split_file(cls_name: str):
@@ -58,30 +70,35 @@ def _by_split_file(cls_name: str):
     return build
 
 
-def _register_builtin_formats() -> None:
-    from .coco import COCO2014
-    from .pa100k import PA100K
-    from .peta import PETA
-    from .rap import RAPv1, RAPv2
-    from .voc import VOC2007
-    from .wider_attribute import WIDERAttribute, WIDERAttributeSRN
+# ------------------------------------------------------------------------------------ multi-label
+# Items ``(image, target, eval_mask, index)``.
+for _name, _module, _cls in (
+    ("voc2007", "voc", "VOC2007"),
+    ("coco2014", "coco", "COCO2014"),
+    ("wider_attribute", "wider_attribute", "WIDERAttribute"),
+    ("wider_attribute_srn", "wider_attribute", "WIDERAttributeSRN"),
+    ("peta", "peta", "PETA"),
+    ("pa100k", "pa100k", "PA100K"),
+    ("rap_v1", "rap", "RAPv1"),
+    ("rap_v2", "rap", "RAPv2"),
+):
+    register_dataset(_name, _class_builder(_module, _cls))
+register_dataset("glyph_canvas", _class_builder("glyph_canvas", "GlyphCanvasDataset", ("num_samples",)))
+register_dataset("multilabel_csv", _by_split_file("MultiLabelCSV"))
+register_dataset("multilabel_json", _by_split_file("MultiLabelJSON"))
 
-    for name, cls in (
-        ("voc2007", VOC2007),
-        ("coco2014", COCO2014),
-        ("wider_attribute", WIDERAttribute),
-        ("wider_attribute_srn", WIDERAttributeSRN),
-        ("peta", PETA),
-        ("pa100k", PA100K),
-        ("rap_v1", RAPv1),
-        ("rap_v2", RAPv2),
-    ):
-        register_dataset(name, cls)
-    register_dataset("multilabel_csv", _by_split_file("MultiLabelCSV"))
-    register_dataset("multilabel_json", _by_split_file("MultiLabelJSON"))
-
-
-_register_builtin_formats()
+# ------------------------------------------------------------------------------------ dense
+# Segmentation items ``(image, mask)``; keypoint items are samples for the top-down transform.
+register_dataset("voc2012_seg", _class_builder("voc_segmentation", "VOCSegmentation"))
+register_dataset("cityscapes", _class_builder("cityscapes", "Cityscapes"))
+register_dataset("glyph_seg", _class_builder("glyph_dense", "GlyphSegmentationDataset", ("num_samples",)))
+register_dataset("glyph_keypoints", _class_builder("glyph_dense", "GlyphKeypointsDataset", ("num_samples",)))
+register_dataset(
+    "coco_keypoints",
+    _class_builder(
+        "coco_keypoints", "COCOKeypoints", ("ann_file", "image_dir", "det_file", "det_score_thresh")
+    ),
+)
 
 
 # ------------------------------------------------------------------------------------ single-label

@@ -37,7 +37,6 @@ import torch
 from torch.utils.data import Dataset
 
 from ._common import to_float
-from .factory import register_dataset
 from .glyph_canvas import GlyphCanvasDataset, _glyph_pool, load_mnist5k
 
 __all__ = ["GLYPH_KEYPOINT_NAMES", "GlyphKeypointsDataset", "GlyphSegmentationDataset", "glyph_placements"]
@@ -287,26 +286,3 @@ class GlyphKeypointsDataset(Dataset):
             )
         cats = [{"id": 1, "name": "glyph", "keypoints": list(GLYPH_KEYPOINT_NAMES), "skeleton": []}]
         return {"images": images, "annotations": anns, "categories": cats}
-
-
-def _split_count(split: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    n = kwargs.get("num_samples")
-    if isinstance(n, dict):  # e.g. {train: 3000, test: 1000}
-        kwargs = dict(kwargs)
-        if split in n:
-            kwargs["num_samples"] = n[split]
-        else:
-            kwargs.pop("num_samples")
-    return kwargs
-
-
-def _glyph_seg(split: str, transform=None, **kwargs: Any) -> Dataset:
-    return GlyphSegmentationDataset(split=split, transform=transform, **_split_count(split, kwargs))
-
-
-def _glyph_keypoints(split: str, transform=None, **kwargs: Any) -> Dataset:
-    return GlyphKeypointsDataset(split=split, transform=transform, **_split_count(split, kwargs))
-
-
-register_dataset("glyph_seg", _glyph_seg)
-register_dataset("glyph_keypoints", _glyph_keypoints)

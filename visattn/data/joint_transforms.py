@@ -18,7 +18,7 @@ the ignore index):
 to the input aspect ratio and padded (×1.25), random scale / rotation / flip in training (flip swaps the
 left/right pairs), one affine warp (:func:`affine_matrix`, UDP convention: the box maps onto
 ``[0, W-1] × [0, H-1]``) applied to the image with ``grid_sample`` and to the keypoints
-(``tv_tensors.KeyPoints``) with the same matrix, Gaussian heatmaps (:func:`visattn.metrics.keypoints.encode_heatmaps`).
+(``tv_tensors.KeyPoints``) with the same matrix, Gaussian heatmaps (:func:`visattn.data.heatmaps.encode_heatmaps`).
 ``meta`` holds what evaluation needs to map predictions back (centre, size, image id, area, box score,
 index, original keypoints).
 """
@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from .heatmaps import encode_heatmaps, input_to_heatmap
 
 __all__ = [
     "PadTo",
@@ -298,8 +300,6 @@ class TopDownTransform:
         return self.input_size[1] / self.input_size[0]
 
     def __call__(self, sample: dict[str, Any]):
-        from visattn.metrics.keypoints import encode_heatmaps, input_to_heatmap
-
         image = torch.as_tensor(sample["image"])
         image = TF.to_dtype(tv_tensors.Image(image), torch.float32, scale=True).as_subclass(torch.Tensor)
         kpts = torch.as_tensor(sample["keypoints"], dtype=torch.float32).reshape(-1, 3)

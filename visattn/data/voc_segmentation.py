@@ -24,14 +24,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ._common import AnnotationError, load_image, read_lines, require_dir, require_file, to_float
-from .factory import register_dataset
 
 __all__ = [
     "VOC_SEG_CLASSES",
@@ -265,10 +263,3 @@ class VOCSegmentation(SegmentationDataset):
         arr = read_label_png(path, palette=self.palette, what="VOC mask")
         check_labels(arr, self.num_classes, path, self.ignore_index)
         return arr
-
-
-def _voc_seg(split: str, transform=None, **kwargs: Any) -> Dataset:
-    return VOCSegmentation(split=split, transform=transform, **kwargs)
-
-
-register_dataset("voc2012_seg", _voc_seg)

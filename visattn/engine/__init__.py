@@ -1,7 +1,8 @@
-"""Training engine: trainer, tasks, checkpoints, optimisers/schedulers, distributed helpers."""
+"""Training engine: recipe → objects (:mod:`.build`), the trainer, checkpoints, optimisers, tasks."""
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import DistInfo, init_distributed, seed_everything
+from visattn.utils.distributed import DistInfo, init_distributed, seed_everything
+
+from .checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
 from .tasks import MultiLabelTask
 from .trainer import Trainer
 
@@ -12,6 +13,7 @@ __all__ = [
     "init_distributed",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_model_weights",
     "save_checkpoint",
     "seed_everything",
 ]

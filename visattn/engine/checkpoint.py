@@ -1,15 +1,22 @@
 """Checkpoints that never unpickle code: safetensors weights + a tensors-and-primitives training state.
 
-Layout of a run directory::
+Layout of a run directory (the names below are the constants of this module)::
 
+    config.json                          the recipe as run
+    class_names.json                     one name per model output (the training split's)
+    log.csv                              one row per epoch
     checkpoints/epoch_0003.safetensors   model weights (and ``ema.``-prefixed EMA weights)
     checkpoints/epoch_0003.state.pt      optimizer, scheduler, scaler, loss state, epoch, best metric,
                                          RNG states (loaded with ``torch.load(weights_only=True)``)
     checkpoints/last.txt                 name of the newest complete checkpoint
-    best.safetensors                     weights of the best epoch by the chosen validation metric
+    best.safetensors                     weights (and EMA weights) of the best epoch by ``eval.metric``
 
 A checkpoint is written to temporary files and renamed, then ``last.txt`` is updated, so an
-interrupted save never leaves a half-written "latest" checkpoint.
+interrupted save never leaves a half-written "latest" checkpoint. ``train.keep_checkpoints`` keeps the
+newest N epoch checkpoints (older ones are deleted after the new one is complete); ``best`` is separate.
+
+Weights are read back by one function, :func:`load_model_weights`: EMA weights when the file holds them
+(``ema=None``), or on request (``ema=True`` / ``False``), strictly, with errors naming the file.
 """
 
 from __future__ import annotations
@@ -23,12 +30,29 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = [
-    "save_checkpoint",
-    "load_checkpoint",
+    "BEST_FILE",
+    "CHECKPOINT_DIR",
+    "CLASS_NAMES_FILE",
+    "CONFIG_FILE",
+    "LOG_FILE",
     "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_model_weights",
     "model_state_for_saving",
+    "prune_checkpoints",
+    "save_best",
+    "save_checkpoint",
+    "split_ema",
     "unwrap_model",
 ]
+
+CONFIG_FILE = "config.json"
+CLASS_NAMES_FILE = "class_names.json"
+LOG_FILE = "log.csv"
+CHECKPOINT_DIR = "checkpoints"
+BEST_FILE = "best.safetensors"
+EMA_PREFIX = "ema."
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -46,7 +70,9 @@ def model_state_for_saving(model: nn.Module, ema: nn.Module | None = None) -> di
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).state_dict().items()}
     if ema is not None:
         ema_module = getattr(ema, "module", ema)
-        state.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema_module.state_dict().items()})
+        state.update(
+            {f"{EMA_PREFIX}{k}": v.detach().cpu().contiguous() for k, v in ema_module.state_dict().items()}
+        )
     return _dedupe_shared(state)
 
 
@@ -59,6 +85,42 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[k] = v.clone() if key in seen else v
         seen.add(key)
     return out
+
+
+def split_ema(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(model weights, EMA weights)`` of a checkpoint's tensors (EMA keys lose their ``ema.`` prefix)."""
+    n = len(EMA_PREFIX)
+    ema = {k[n:]: v for k, v in state.items() if k.startswith(EMA_PREFIX)}
+    model = {k: v for k, v in state.items() if not k.startswith(EMA_PREFIX)}
+    return model, ema
+
+
+def load_model_weights(model: nn.Module, path: str | Path, ema: bool | None = None) -> str:
+    """Load a weights file into ``model`` strictly and say which weights were used (``"ema"``/``"model"``).
+
+    Args:
+        path: ``.safetensors`` (a visattn checkpoint or ``best``, with or without ``ema.*`` keys) or a torch
+            file (read with ``weights_only=True``).
+        ema: ``None``: the EMA weights when the file holds them, else the model's; ``True``: the EMA weights
+            (an error if there are none); ``False``: the model's own (raw) weights.
+    """
+    from visattn.models import read_state_dict
+
+    path = Path(path)
+    raw, averaged = split_ema(read_state_dict(path))
+    if ema and not averaged:
+        raise ValueError(f"{path}: no EMA weights ('ema.*' keys) in this file; load it without EMA")
+    use_ema = bool(averaged) if ema is None else bool(ema)
+    weights = averaged if use_ema else raw
+    try:
+        unwrap_model(model).load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()
+        raise ValueError(
+            f"{path}: the weights do not fit the model {type(unwrap_model(model)).__name__} "
+            f"({'; '.join(line.strip() for line in detail[1:4]) or detail[0]})"
+        ) from None
+    return "ema" if use_ema else "model"
 
 
 def _atomic(path: Path, write) -> None:
@@ -81,6 +143,35 @@ def save_checkpoint(
     _atomic(directory / f"{stem}.state.pt", lambda p: torch.save(state, p))
     _atomic(directory / "last.txt", lambda p: p.write_text(stem + "\n"))
     return directory / f"{stem}.safetensors"
+
+
+def save_best(path: str | Path, weights: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write the best weights (model + ``ema.*`` when training with EMA) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda p: save_file(weights, str(p), metadata=metadata))
+    return path
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Weights files of the epoch checkpoints in ``directory``, oldest first."""
+    return sorted(Path(directory).glob("epoch_[0-9][0-9][0-9][0-9].safetensors"))
+
+
+def prune_checkpoints(directory: str | Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest ``keep`` epoch checkpoints (``None`` / 0: keep every one); never the one
+    ``last.txt`` names. Returns the deleted weights files."""
+    if not keep:
+        return []
+    latest = latest_checkpoint(directory)
+    removed = []
+    for weights in list_checkpoints(directory)[: -int(keep)]:
+        if latest is not None and weights.name == latest.name:
+            continue
+        for path in (weights, weights.with_name(weights.name.replace(".safetensors", ".state.pt"))):
+            path.unlink(missing_ok=True)
+        removed.append(weights)
+    return removed
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

@@ -2,20 +2,24 @@
 
 Features: timm optimisers/schedulers with per-group learning rates and warm-up; AMP (bfloat16 on CPU,
 float16 + GradScaler on GPU); optional EMA (timm ``ModelEmaV3``); gradient clipping; a checkpoint
-every epoch (safetensors weights + a weights-only training state) and exact resume; best model by a
-chosen validation metric; CSV log, optional TensorBoard, tqdm progress bars; seeds fixed per epoch so
-that a resumed run repeats the data order of an uninterrupted one; torchrun DDP (gloo on CPU, NCCL on
-GPU) with distributed samplers and metrics gathered across processes.
+every epoch (safetensors weights + a weights-only training state; the newest ``train.keep_checkpoints``
+kept) and exact resume; best model by a chosen validation metric (``ema_*`` metrics select by the EMA
+weights); CSV log, optional TensorBoard, tqdm progress bars, a ``logging`` line every ``train.log_interval``
+steps and per epoch; seeds fixed per epoch so that a resumed run repeats the data order of an
+uninterrupted one; torchrun DDP (gloo on CPU, NCCL on GPU) with distributed samplers and metrics gathered
+across processes. End-of-fit work (e.g. the report PNGs of ``visattn train``) is passed in as callbacks:
+the engine imports nothing above it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -24,23 +28,36 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from visattn.utils.distributed import DistInfo, init_distributed, seed_everything
+
 from .checkpoint import (
+    BEST_FILE,
+    CHECKPOINT_DIR,
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
     latest_checkpoint,
     load_checkpoint,
     model_state_for_saving,
+    prune_checkpoints,
+    save_best,
     save_checkpoint,
+    split_ema,
     unwrap_model,
 )
-from .distributed import DistInfo, init_distributed, seed_everything
 from .optim import build_optimizer, build_scheduler
 
 __all__ = ["Trainer"]
+
+_LOG = logging.getLogger(__name__)
 
 
 class Trainer:
     """Train and evaluate ``model`` on ``train_set``/``val_set`` with ``task``, as ``config`` says.
 
-    Use :func:`visattn.engine.build.build_trainer` to get all four from a recipe.
+    Use :func:`visattn.engine.build.build_trainer` to get all four from a recipe. ``callbacks`` are called
+    as ``callback(trainer)`` by the main process after :meth:`fit`; one that raises is logged and skipped
+    (a report problem never loses a trained model).
     """
 
     def __init__(
@@ -51,6 +68,7 @@ class Trainer:
         train_set: Dataset | None,
         val_set: Dataset | None,
         dist: DistInfo | None = None,
+        callbacks: Sequence[Callable[[Trainer], Any]] = (),
     ) -> None:
         self.config = config
         self.dist = dist or init_distributed()
@@ -97,9 +115,7 @@ class Trainer:
         self.start_epoch = 0
         self.best: dict[str, Any] = {"value": None, "epoch": None}
         self.history: list[dict[str, Any]] = []
-        self.verbose = True
-        # Report PNGs (visattn.viz.report) at the end of fit, when matplotlib is installed.
-        self.write_report = True
+        self.callbacks = list(callbacks)
         self.last_metrics: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ data
@@ -152,10 +168,10 @@ class Trainer:
             self.resume(resume)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+            (self.out / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
             names = getattr(self.train_set, "class_names", None)
             if names is not None:
-                (self.out / "class_names.json").write_text(json.dumps([str(n) for n in names]))
+                (self.out / CLASS_NAMES_FILE).write_text(json.dumps([str(n) for n in names]))
         logger = _Logger(self.out) if self.dist.is_main else None
         last: dict[str, Any] = {}
         stop = self.epochs if until_epoch is None else min(self.epochs, int(until_epoch))
@@ -178,31 +194,25 @@ class Trainer:
             if self.dist.is_main:
                 self._save(epoch)
                 logger.log(row)
-                if self.verbose:
-                    print(_format_row(row), flush=True)
+                _LOG.info(_format_row(row))
             last = row
         if logger is not None:
             logger.close()
-        if self.dist.is_main and self.write_report:
-            self._write_report()
+        if self.dist.is_main:
+            for callback in self.callbacks:
+                try:
+                    callback(self)
+                except Exception as err:  # never lose a trained model to an end-of-fit extra
+                    _LOG.warning("end-of-fit callback %s skipped: %s: %s", callback, type(err).__name__, err)
         return {**last, "best": dict(self.best)}
-
-    def _write_report(self) -> None:
-        """Training report PNGs next to ``log.csv``; needs matplotlib and never fails a finished run."""
-        try:
-            from visattn.viz.report import write_training_report
-        except ImportError:
-            return
-        try:
-            write_training_report(self.out, metrics=self.last_metrics, metrics_source="last epoch")
-        except Exception as err:  # a report problem must not lose the trained model
-            print(f"training report skipped: {type(err).__name__}: {err}", file=sys.stderr)
 
     def train_one_epoch(self, epoch: int) -> float:
         self.ddp_model.train()
         self._set_epoch(epoch)
         clip = self.config["optim"]["clip_grad"]
+        interval = int(self.config["train"]["log_interval"] or 0)
         total, count = 0.0, 0
+        t_start = time.perf_counter()
         bar = _progress(
             self.train_loader, self.steps_per_epoch, f"epoch {epoch + 1}/{self.epochs}", self.dist
         )
@@ -234,6 +244,12 @@ class Trainer:
             count += batch[0].shape[0]
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self._lr():.3g}")
+            if interval and (step + 1) % interval == 0 and self.dist.is_main:
+                rate = count / max(time.perf_counter() - t_start, 1e-9)
+                _LOG.info(
+                    "epoch %d step %d/%d  loss %.4g  lr %.3g  %.1f samples/s",
+                    epoch + 1, step + 1, self.steps_per_epoch, total / count, self._lr(), rate,
+                )  # fmt: skip
         if self.dist.distributed:  # report the loss of the global batch, not of rank 0's shard
             sums = torch.tensor([total, float(count)], dtype=torch.float64, device=self.dist.device)
             torch.distributed.all_reduce(sums)
@@ -270,10 +286,12 @@ class Trainer:
         if better and not math.isnan(value):
             self.best = {"value": value, "epoch": epoch + 1, "metric": key}
             if self.dist.is_main:
-                from safetensors.torch import save_file
-
-                self.out.mkdir(parents=True, exist_ok=True)
-                save_file(model_state_for_saving(self.model), str(self.out / "best.safetensors"))
+                # Model and EMA weights of that epoch; loaders use the EMA ones by default.
+                save_best(
+                    self.out / BEST_FILE,
+                    model_state_for_saving(self.model, self.ema),
+                    {"epoch": str(epoch + 1), "metric": key, "value": repr(value)},
+                )
 
     def _save(self, epoch: int) -> None:
         state = {
@@ -288,22 +306,20 @@ class Trainer:
             "history": json.dumps(self.history),
             "torch_rng": torch.get_rng_state(),
         }
-        save_checkpoint(
-            self.out / "checkpoints", epoch + 1, model_state_for_saving(self.model, self.ema), state
-        )
+        directory = self.out / CHECKPOINT_DIR
+        save_checkpoint(directory, epoch + 1, model_state_for_saving(self.model, self.ema), state)
+        prune_checkpoints(directory, self.config["train"]["keep_checkpoints"])
 
     def resume(self, source: str | Path) -> None:
         """Restore model, EMA, optimizer, scheduler, loss state and counters from a checkpoint."""
-        path = latest_checkpoint(self.out / "checkpoints") if str(source) == "auto" else Path(source)
+        path = latest_checkpoint(self.out / CHECKPOINT_DIR) if str(source) == "auto" else Path(source)
         if path is None:
             return  # "auto" with nothing to resume: start fresh
         weights, state = load_checkpoint(path)
-        model_sd = {k: v for k, v in weights.items() if not k.startswith("ema.")}
+        model_sd, ema_sd = split_ema(weights)
         unwrap_model(self.model).load_state_dict(model_sd, strict=True)
-        if self.ema is not None:
-            ema_sd = {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}
-            if ema_sd:
-                self.ema.module.load_state_dict(ema_sd, strict=True)
+        if self.ema is not None and ema_sd:
+            self.ema.module.load_state_dict(ema_sd, strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("plateau") and hasattr(self.scheduler, "lr_scheduler"):
@@ -314,13 +330,15 @@ class Trainer:
         self.best = {"value": None, "epoch": None, **state.get("best", {})}
         self.history = json.loads(state.get("history", "[]"))
         self.start_epoch = int(state["epoch"]) + 1
+        if torch.is_tensor(state.get("torch_rng")):
+            torch.set_rng_state(state["torch_rng"])
 
 
 class _Logger:
     """CSV log (``log.csv``) plus TensorBoard scalars when tensorboard is installed."""
 
     def __init__(self, out: Path) -> None:
-        self.path = out / "log.csv"
+        self.path = out / LOG_FILE
         self.writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter

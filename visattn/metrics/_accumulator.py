@@ -10,16 +10,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from visattn.utils.distributed import all_gather_variable
+
 from ._multilabel_inputs import Array, _prepare
 
 
 def _gather_rows(t: torch.Tensor, sizes: list[int], group: Any, device: torch.device) -> torch.Tensor:
-    """All-gather tensors whose first dimension differs per rank: pad to the largest, gather, trim."""
-    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=device)
-    padded[: t.shape[0]] = t.to(device)
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded, group=group)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]).cpu()
+    """All-gather rows whose count differs per rank (known ``sizes``), on ``device``, back to the CPU."""
+    return all_gather_variable(t.to(device), group=group, sizes=sizes).cpu()
 
 
 class _Accumulator:

@@ -16,7 +16,7 @@ All accuracies are fractions in [0, 1] (multiply by 100 for the papers' percenta
 
 :class:`ClassificationMetrics` accumulates one small row per sample (index, label, prediction, rank, NLL —
 never the ``C`` scores, so ImageNet's 50k × 1000 logits are not kept) and gathers the rows of all processes
-in ``compute()`` with :func:`visattn.engine.distributed.all_gather_variable`. With sample ``indices``
+in ``compute()`` with :func:`visattn.utils.distributed.all_gather_variable`. With sample ``indices``
 duplicates (``DistributedSampler`` pads the last shard) are dropped and rows are put in dataset order, so the
 result equals single-process evaluation.
 """
@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from visattn.utils.distributed import all_gather_variable
 
 __all__ = ["ClassificationMetrics", "classification_metrics", "topk_ranks"]
 
@@ -181,8 +183,6 @@ class ClassificationMetrics:
         classes = self.num_classes or 0
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return local, classes
-        from visattn.engine.distributed import all_gather_variable
-
         device = torch.device("cpu")
         if dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())

@@ -7,7 +7,7 @@ entrypoints and converters.
 
 from . import csra, glyphnet, pose, psa, resattnet, san, segmentation, vaa
 from ._registry import create_model, is_model, list_models, register_model
-from .complexity import count_macs, count_parameters
+from .complexity import count_macs, count_parameters, default_flop_convention, model_info
 from .convert import convert_checkpoint, convert_file, list_converters
 from .insert import insert_attention
 from .training_free import ResidualAttentionClassifier, residual_attention
@@ -20,12 +20,14 @@ __all__ = [
     "count_parameters",
     "create_model",
     "csra",
+    "default_flop_convention",
     "glyphnet",
     "insert_attention",
     "is_model",
     "list_converters",
     "list_models",
     "load_weights",
+    "model_info",
     "pose",
     "psa",
     "read_state_dict",

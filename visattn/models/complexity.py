@@ -18,13 +18,14 @@ their literal form, so the count does not depend on that implementation choice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from visattn.ops import observe_calls
 
-__all__ = ["count_parameters", "count_macs", "CONVENTIONS"]
+__all__ = ["CONVENTIONS", "count_macs", "count_parameters", "default_flop_convention", "model_info"]
 
 CONVENTIONS = ("macs", "san")
 
@@ -107,3 +108,38 @@ def count_macs(
             m.fold_norm = True
         model.train(was_training)
     return total
+
+
+def default_flop_convention(name: str, model: nn.Module | None = None) -> str:
+    """The convention the model's paper uses for its published operation counts."""
+    return getattr(model, "flop_convention", "san" if name.startswith("san") else "macs")
+
+
+def model_info(
+    name: str, img_size: int | None = None, convention: str = "auto", **kwargs: Any
+) -> dict[str, Any]:
+    """Parameters, operation count, feature info and input configuration of a registered model
+    (``visattn info``)."""
+    from ._registry import create_model
+
+    model = create_model(name, **kwargs)
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    input_size = tuple(cfg.get("input_size", (3, 224, 224)))
+    if img_size is not None:
+        input_size = (input_size[0], img_size, img_size)
+    if convention == "auto":
+        convention = default_flop_convention(name, model)
+    return {
+        "model": name,
+        "params": count_parameters(model),
+        "input_size": list(input_size),
+        "ops": count_macs(model, input_size, convention=convention),
+        "ops_convention": convention,
+        "feature_info": [
+            {k: v for k, v in d.items() if k in ("num_chs", "reduction", "module")}
+            for d in getattr(model, "feature_info", [])
+        ],
+        "input_config": {
+            k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in cfg
+        },
+    }

@@ -14,7 +14,7 @@ so recipes get it from the dataset's keypoint names; 17 for COCO).
   on timm's HRNet: the stride-4 branch after stage 4 (its final fusion includes the lower-resolution
   branches) and a 1×1 conv to ``K`` heatmaps. ``psa_pose_hrnet_*`` — PSA in every BasicBlock of stages
   2–4, the placement of the official PSA HRNet code; published PSA pose results are UDP-Pose-PSA (UDP's
-  data processing, not reproduced beyond the unbiased coordinates of :mod:`visattn.metrics.keypoints`).
+  data processing, not reproduced beyond the unbiased coordinates of :mod:`visattn.data.heatmaps`).
   As in the reference (``multi_scale_output=False``), the last module of stage 4 fuses only into the stride-4
   branch: 28,536,113 (W32) / 63,595,745 (W48) parameters with 17 keypoints, the published 28.5 M / 63.6 M.
 * ``pose_glyphnet`` / ``psa_pose_glyphnet`` — the built-in canvases' trunk (stride 8) + a

@@ -10,6 +10,7 @@ from .local_attention import (
     local_subtraction2,
     observe_calls,
     register_implementation,
+    use_implementation,
 )
 
 _register_fast_cpu()
@@ -31,4 +32,5 @@ __all__ = [
     "local_subtraction2",
     "observe_calls",
     "register_implementation",
+    "use_implementation",
 ]

@@ -22,7 +22,9 @@ Triton kernel); ``impl="auto"`` picks the highest-priority implementation that a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +36,7 @@ __all__ = [
     "local_aggregation",
     "register_implementation",
     "available_implementations",
+    "use_implementation",
     "LocalGeometry",
     "observe_calls",
 ]
@@ -236,7 +239,29 @@ def _notify(op: str, out: torch.Tensor, g: LocalGeometry) -> torch.Tensor:
     return out
 
 
+# ``impl="auto"`` inside ``use_implementation(name)`` resolves to ``name`` (per thread / asyncio task).
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("visattn_ops_forced", default=None)
+
+
+@contextmanager
+def use_implementation(name: str) -> Iterator[None]:
+    """Context manager: every ``impl="auto"`` call inside it uses implementation ``name``.
+
+    Scoped to the current thread (a :class:`contextvars.ContextVar`); the registry itself is never
+    changed. ONNX export traces SAN models under ``use_implementation("reference")``.
+    """
+    if name not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {name!r}; available: {available_implementations()}")
+    token = _FORCED.set(name)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
 def _pick(impl: str, x: torch.Tensor) -> _Implementation:
+    if impl == "auto" and _FORCED.get() is not None:
+        return _IMPLEMENTATIONS[_FORCED.get()]
     if impl == "auto" and torch.onnx.is_in_onnx_export():
         # Both ONNX exporters trace the pure-PyTorch reference; fast paths (autograd Functions, chunk
         # loops) do not export (TorchScript) or unroll into huge graphs (dynamo).

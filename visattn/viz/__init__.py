@@ -1,16 +1,16 @@
 """Seeing attention: contact sheets of attention maps, training reports, Grad-CAM comparison.
 
 Needs matplotlib (``pip install 'visattn[viz]'``); the Grad-CAM comparison also needs pytorch-grad-cam
-(``visattn[gradcam]``). Names are imported lazily, so ``import visattn.viz`` (and the ``visattn`` CLI, which
-registers ``visualize`` and ``report`` from :mod:`visattn.viz.commands`) work without them.
+(``visattn[gradcam]``). Names are imported lazily, so ``import visattn.viz`` (and the ``visattn`` CLI, whose
+``visualize`` and ``report`` live in :mod:`visattn.cli.viz`) work without them.
 
 Notebook use::
 
-    from visattn.export import load_trained_model
+    from visattn.inference import load_trained_model
     from visattn.viz import visualize, write_training_report
 
     loaded = load_trained_model("runs/demo/csra/best.safetensors")
-    x = loaded.transform(image)  # float (C, H, W) in [0, 1]
+    x = loaded.input_of("photo.png")  # exactly the input `visattn eval` would make of the file
     fig = visualize(loaded.model, x, class_names=loaded.class_names, mean=loaded.mean, std=loaded.std)
     write_training_report("runs/demo/csra")
 

@@ -27,13 +27,15 @@ Layout: this module holds the one-call entry points :func:`visualize` and :func:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 from torch import nn
+
+from visattn.inference import TrainedModel
 
 # ``x as x``: re-exports of public names outside ``__all__`` (importable from here before the split).
 from ._panels import GROUP_ORDER as GROUP_ORDER
@@ -137,39 +139,25 @@ def _parse_pixels(pixels: Sequence[str | tuple[float, float]] | None) -> list[tu
 
 
 def visualize_run(
+    loaded: TrainedModel,
     out_dir: str | Path,
     images: Sequence[str | Path] = (),
-    checkpoint: str | Path | None = None,
-    config: str | Path | None = None,
-    model_name: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    overrides: Sequence[str] = (),
     samples: int = 0,
     topk: int = 3,
     pixels: Sequence[str | tuple[float, float]] | None = None,
     layers: Sequence[str] | None = None,
-    img_size: int | None = None,
     gradcam: bool | str = False,
     ncols: int = 4,
 ) -> list[Path]:
     """``visattn visualize``: one contact sheet PNG per image file (and per validation sample).
 
-    The model comes from :func:`visattn.export.load_trained_model` (checkpoint + its run's
-    ``config.json``, a recipe, or a registered name). ``samples``: also draw the first ``samples`` items
-    of the recipe's validation split, with their ground-truth boxes when the dataset has them (glyph
-    canvases). Returns the written files (``<image stem>_attention.png``, ``sample_NNNN_attention.png``).
+    ``loaded``: from :func:`visattn.inference.load_trained_model` (checkpoint + its run's ``config.json``, a
+    recipe, or a registered name); image files go through its evaluation pipeline
+    (:meth:`~visattn.inference.TrainedModel.input_of`), so a map shows what ``visattn eval`` scores.
+    ``samples``: also draw the first ``samples`` items of the recipe's validation split, with their
+    ground-truth boxes when the dataset has them (glyph canvases). Returns the written files
+    (``<image stem>_attention.png``, ``sample_NNNN_attention.png``).
     """
-    from visattn.export import load_trained_model
-    from visattn.predict import load_image
-
-    loaded = load_trained_model(
-        checkpoint,
-        config=config,
-        model_name=model_name,
-        model_kwargs=model_kwargs,
-        overrides=overrides,
-        img_size=img_size,
-    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pix = _parse_pixels(pixels)
@@ -186,7 +174,7 @@ def visualize_run(
     )
     written = []
     for image in images:
-        x = loaded.transform(load_image(image, loaded.input_size[0]))
+        x = loaded.input_of(image)
         path = out_dir / f"{Path(image).stem}_attention.png"
         visualize(loaded.model, x, title=f"{loaded.name}: {Path(image).name}", path=path, **common)
         written.append(path)
@@ -195,9 +183,7 @@ def visualize_run(
             raise ValueError(
                 "--samples needs a recipe (--config, or a checkpoint with its run's config.json)"
             )
-        from visattn.engine.build import build_datasets
-
-        dataset = build_datasets(loaded.config, ("val",))["val"]
+        dataset = loaded.validation_set()
         all_boxes = getattr(dataset, "boxes", None)
         for i in range(min(samples, len(dataset))):
             item = dataset[i]

@@ -31,6 +31,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from visattn.inference import RunDir, evaluate, load_trained_model
+
 __all__ = [
     "PER_CLASS_KEYS",
     "evaluate_run",
@@ -255,19 +257,11 @@ def evaluate_run(
     run_dir: str | Path, checkpoint: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Metrics dict (with per-class values) of a run's best checkpoint on its validation split."""
-    from visattn.engine.build import build_trainer
-    from visattn.export import read_run_config
-
-    run_dir = Path(run_dir)
-    checkpoint = Path(checkpoint) if checkpoint is not None else run_dir / "best.safetensors"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
-    config = read_run_config(run_dir / "config.json", overrides)
-    config["model"]["pretrained_file"] = None
-    config["model"]["checkpoint_path"] = str(checkpoint)
-    trainer = build_trainer(config, train=False)
-    trainer.verbose = False
-    return trainer.evaluate()
+    run = RunDir(Path(run_dir))
+    loaded = load_trained_model(
+        run.checkpoint(checkpoint or "best"), config=run.config_file, overrides=overrides
+    )
+    return evaluate(loaded)
 
 
 def write_training_report(

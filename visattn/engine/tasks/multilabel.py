@@ -1,7 +1,6 @@
-"""Tasks: what a training step computes and how evaluation is scored, for one kind of problem.
+"""Multi-label and attribute recognition (``task: multilabel`` / ``task: attribute``).
 
-The trainer is task-agnostic; a task turns a batch into a loss (training) and feeds model outputs to
-its metric (evaluation). ``MultiLabelTask`` serves multi-label and attribute recognition: batches are
+``MultiLabelTask`` serves multi-label and attribute recognition: batches are
 ``(image, target, eval_mask, index)``, scores are sigmoid probabilities.
 """
 
@@ -12,8 +11,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-__all__ = ["MultiLabelTask", "BranchOutputs"]
+from .base import TaskSpec, register_task
+
+__all__ = ["BranchOutputs", "MultiLabelTask", "build_multilabel_task"]
 
 
 class BranchOutputs(nn.Module):
@@ -87,3 +89,54 @@ class MultiLabelTask:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "loss" in state and isinstance(self.loss, nn.Module):
             self.loss.load_state_dict(state["loss"])
+
+
+def _build_loss(config: Mapping[str, Any], model: nn.Module, train_set: Dataset | None) -> nn.Module:
+    from visattn.losses import create_loss, positive_prior
+
+    name = config["loss"]["name"]
+    kwargs = dict(config["loss"]["kwargs"])
+    targets = getattr(train_set, "targets", None)
+    masks = getattr(train_set, "masks", None)
+    key = name.lower().replace("-", "_")
+    if key in ("focal", "weighted_focal", "vaa") and kwargs.get("prior") is None and targets is not None:
+        kwargs["prior"] = positive_prior(targets, masks)  # attribute frequencies of the training split
+    if key in ("vaa", "history_weighted") and train_set is not None:
+        kwargs.setdefault("num_samples", len(train_set))
+    if key == "history_weighted" and targets is not None:
+        kwargs.setdefault("num_classes", int(targets.shape[1]))
+    if key == "vaa":
+        kwargs.setdefault("num_attention", len(getattr(model, "taps", ())) or None)
+    return create_loss(name, **kwargs)
+
+
+def build_multilabel_task(
+    config: Mapping[str, Any], model: nn.Module, train_set: Dataset | None
+) -> MultiLabelTask:
+    from visattn.metrics import AttributeMetrics, MultiLabelMetrics
+
+    e = config["eval"]
+    if config["task"] == "multilabel":
+        options = {"thr": e["threshold"]}
+        if e["preset"]:
+            options["preset"] = e["preset"]
+
+        def metric_factory():
+            return MultiLabelMetrics(**options)
+
+    else:
+
+        def metric_factory():
+            return AttributeMetrics(thr=e["threshold"])
+
+    if train_set is None:  # evaluation only: the loss is never called, and priors need the training split
+        from visattn.losses import create_loss
+
+        loss = create_loss("bce")
+    else:
+        loss = _build_loss(config, model, train_set)
+    return MultiLabelTask(loss, metric_factory, mask_ignored=config["loss"]["mask_ignored"])
+
+
+register_task("multilabel", TaskSpec(build_multilabel_task))
+register_task("attribute", TaskSpec(build_multilabel_task))

@@ -27,8 +27,8 @@ Sources (spec ``vaa.md`` §2):
   where targets > 1 (RAP "uncertain") get weight 0: here ``ignore_above=1`` masks them out.
 - ASL (Ridnik et al., ICCV 2021) through timm's ``AsymmetricLossMultiLabel``, wrapped to add masking.
 
-Layout: this module is the public entry point and holds the factory; the masked element-wise losses live in
-``visattn/_losses_base.py`` and the VAA history/total losses in ``visattn/_losses_vaa.py``.
+Layout: this package's ``__init__`` holds the factory :func:`create_loss`; the masked element-wise losses
+live in :mod:`visattn.losses.base` and the VAA history/total losses in :mod:`visattn.losses.vaa`.
 """
 
 from __future__ import annotations
@@ -37,22 +37,21 @@ from typing import Any
 
 from torch import nn
 
-# ``x as x``: re-exports of public names outside ``__all__`` (importable from here before the split).
-from visattn._losses_base import REDUCTIONS as REDUCTIONS
-from visattn._losses_base import (
+from visattn.losses.base import REDUCTIONS as REDUCTIONS
+from visattn.losses.base import (
     AsymmetricLoss,
     BCEWithLogits,
     WeightedFocalLoss,
     positive_prior,
 )
-from visattn._losses_base import weighted_focal_terms as weighted_focal_terms
-from visattn._losses_vaa import (
+from visattn.losses.base import weighted_focal_terms as weighted_focal_terms
+from visattn.losses.vaa import (
     VAA_WIDER_INVERSE_RATIOS,
     HistoryWeightedLoss,
     VAALoss,
     corrected_std,
 )
-from visattn._losses_vaa import Indices as Indices
+from visattn.losses.vaa import Indices as Indices
 
 __all__ = [
     "LOSS_NAMES",

@@ -34,15 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.data import cityscapes as _cityscapes  # noqa: F401 - registers 'cityscapes'
-from visattn.data import glyph_dense as _glyph_dense  # noqa: F401 - registers 'glyph_seg'
-from visattn.data import voc_segmentation as _voc  # noqa: F401 - registers 'voc2012_seg'
 from visattn.data.joint_transforms import build_segmentation_transform
 from visattn.metrics.segmentation import SegmentationMetrics
-from visattn.models import segmentation as _seg_models  # noqa: F401 - registers the models
 from visattn.models.segmentation import segment
 
-from .build import TaskSpec, register_task, task_options
+from .base import TaskSpec, register_task, task_options
 
 __all__ = ["SegmentationTask", "ohem_cross_entropy"]
 
@@ -194,4 +190,19 @@ def build_segmentation_task(config: Mapping[str, Any], model: nn.Module, train_s
     )
 
 
-register_task("segmentation", TaskSpec(build_segmentation_task, segmentation_transform))
+def segmentation_image_input(config: Mapping[str, Any]):
+    """``f(uint8 image) -> model input``: the evaluation joint transform with an all-ignore mask."""
+    from torchvision import tv_tensors
+
+    transform = segmentation_transform(config, False)
+
+    def image_input(image: torch.Tensor) -> torch.Tensor:
+        mask = torch.full(tuple(image.shape[-2:]), 255, dtype=torch.uint8)
+        return transform(tv_tensors.Image(image), tv_tensors.Mask(mask))[0]
+
+    return image_input
+
+
+register_task(
+    "segmentation", TaskSpec(build_segmentation_task, segmentation_transform, segmentation_image_input)
+)

@@ -1,7 +1,8 @@
-"""``visattn visualize`` and ``visattn report`` (the :mod:`visattn.cli` plugin protocol).
+"""``visattn visualize`` and ``visattn report``.
 
 Importing this module needs nothing beyond the core dependencies; matplotlib (``visattn[viz]``) is imported
-when a command runs, and a missing install is reported as an error naming the extra.
+when a command runs, and a missing install is reported as an error naming the extra. The model comes from
+the run loader (:func:`visattn.cli.options.load_run`), as for ``eval``, ``predict`` and ``export``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_subparsers"]
+from .options import add_run_options, load_run
+
+__all__ = ["add_parsers"]
 
 
 def _need_matplotlib() -> None:
@@ -21,9 +24,7 @@ def _need_matplotlib() -> None:
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
     _need_matplotlib()
-    from visattn.cli import _parse_sets
-
-    from .overlay import visualize_run
+    from visattn.viz.overlay import visualize_run
 
     if not args.images and not args.samples:
         raise ValueError("give image files and/or --samples N (items of the recipe's validation split)")
@@ -31,18 +32,13 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     if args.gradcam is not None:
         gradcam = args.gradcam or True
     written = visualize_run(
+        load_run(args, checkpoint=args.checkpoint),
         args.out,
         args.images,
-        checkpoint=args.checkpoint,
-        config=args.config,
-        model_name=args.model,
-        model_kwargs=_parse_sets(args.model_arg),
-        overrides=args.set,
         samples=args.samples,
         topk=args.topk,
         pixels=args.pixels,
         layers=args.layers,
-        img_size=args.img_size,
         gradcam=gradcam,
         ncols=args.ncols,
     )
@@ -53,7 +49,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     _need_matplotlib()
-    from .report import write_training_report
+    from visattn.viz.report import write_training_report
 
     written = write_training_report(args.run_dir, evaluate=args.evaluate)
     for path in written:
@@ -61,9 +57,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_subparsers(subparsers: Any) -> None:
-    """Add ``visualize`` and ``report``."""
-    p = subparsers.add_parser(
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser(
         "visualize",
         help="contact sheets of every attention map (CSRA, VAA, RAN, PSA, SAN) per image",
         description=(
@@ -76,12 +71,7 @@ def add_subparsers(subparsers: Any) -> None:
     p.add_argument(
         "--checkpoint", help="weights, e.g. runs/demo/csra/best.safetensors (its run's config.json is used)"
     )
-    p.add_argument("--config", help="recipe or config.json (default: the checkpoint's run)")
-    p.add_argument("--model", help="registered model name, when there is no recipe")
-    p.add_argument(
-        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="model keyword (with --model)"
-    )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    add_run_options(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--topk", type=int, default=3, help="classes shown per CSRA head / VAA scale")
     p.add_argument(
@@ -91,7 +81,6 @@ def add_subparsers(subparsers: Any) -> None:
         "--pixels", nargs="+", metavar="Y,X", help="image pixels for SAN weights (default: the centre)"
     )
     p.add_argument("--layers", nargs="+", metavar="PATTERN", help="module-name patterns to keep")
-    p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--ncols", type=int, default=4, help="panels per row")
     p.add_argument(
         "--gradcam",
@@ -103,7 +92,7 @@ def add_subparsers(subparsers: Any) -> None:
     )
     p.set_defaults(func=_cmd_visualize)
 
-    p = subparsers.add_parser(
+    p = sub.add_parser(
         "report", help="training report PNGs (curves, per-class values, confusion matrix) of a run"
     )
     p.add_argument("run_dir")

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from visattn.metrics.classification import ClassificationMetrics
 
-from .build import TaskSpec, num_classes_of, register_task, task_options
+from .base import TaskSpec, num_classes_of, register_task, task_options
 
 __all__ = ["SingleLabelTask", "SmoothedCrossEntropy", "TASK_OPTIONS"]
 

@@ -11,11 +11,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visattn._losses_base import BCEWithLogits, WeightedFocalLoss, _check_reduction, _prepare, _reduce
+from visattn.utils.distributed import all_gather_variable
+
+from .base import BCEWithLogits, WeightedFocalLoss, _check_reduction, _prepare, _reduce
 
 Indices = Tensor | Sequence[int]
 # ``1 / r_c`` hard-coded for WIDER-Attribute in the official code (``r_c`` = odds of the prior, capped at 1);
@@ -41,22 +42,6 @@ def corrected_std(history: Tensor, count: Tensor | None = None) -> Tensor:
     v = ((history - mean) ** 2 * valid).sum(-2) / n[..., 0].clamp(min=1)
     sigma = torch.sqrt(v + v * v / (n[..., 0] - 1).clamp(min=1))
     return torch.where(n[..., 0] >= 2, sigma, torch.zeros_like(sigma))
-
-
-def _all_gather(t: Tensor) -> Tensor:
-    """Concatenate ``t`` over ranks along dim 0 (first dims may differ); identity without a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    world = dist.get_world_size()
-    size = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(int(s) for s in sizes))
-    padded = t.new_zeros((longest, *t.shape[1:]))
-    padded[: t.shape[0]] = t
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes, strict=True)])
 
 
 class HistoryWeightedLoss(nn.Module):
@@ -161,7 +146,7 @@ class HistoryWeightedLoss(nn.Module):
                 f"probabilities must be (B, {self.num_classes}) matching indices, got {tuple(probs.shape)}"
             )
         if sync:
-            probs, idx = _all_gather(probs), _all_gather(idx)
+            probs, idx = all_gather_variable(probs), all_gather_variable(idx)
         idx = self._indices(idx)
         probs = probs.to(device=self.history.device, dtype=self.history.dtype)
         uniq, inverse = torch.unique(idx, return_inverse=True)

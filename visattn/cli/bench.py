@@ -1,7 +1,6 @@
-"""The ``visattn bench`` subcommand: argument parser, model-name patterns, one summary line per result.
+"""``visattn bench``: argument parser, model-name patterns, one summary line per result.
 
-Private part of :mod:`visattn.bench`, whose ``add_subparsers`` (the :mod:`visattn.cli` plugin protocol)
-imports this module only when the parser is built; the measurements themselves live in :mod:`visattn.bench`.
+The measurements themselves live in :mod:`visattn.bench`.
 """
 
 from __future__ import annotations
@@ -15,14 +14,18 @@ import torch
 
 from visattn import bench
 from visattn.bench import PRECISIONS, benchmark_model, matmul_peak_gflops, write_csv
+from visattn.config import parse_overrides
+from visattn.models import is_model, list_models
+
+from .options import add_allocator, apply_allocator_setting
+
+__all__ = ["add_parsers"]
 
 
 def _names(patterns: Sequence[str]) -> list[str]:
-    import visattn
-
     names: list[str] = []
     for pattern in patterns:
-        found = [pattern] if visattn.models.is_model(pattern) else visattn.list_models(pattern)
+        found = [pattern] if is_model(pattern) else list_models(pattern)
         if not found:
             raise ValueError(f"no visattn model matches {pattern!r} (see `visattn models`)")
         names.extend(n for n in found if n not in names)
@@ -45,14 +48,11 @@ def _summary(row: dict[str, Any], mode: str) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from visattn._allocator import apply_allocator_setting
-    from visattn.cli import _parse_sets
-
     allocator = apply_allocator_setting(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = _names(args.names)
-    model_kwargs = _parse_sets(args.set)
+    model_kwargs = parse_overrides(args.set)
     amp_dtype = PRECISIONS[args.precision] or torch.float32
     peak = args.peak_gflops or matmul_peak_gflops(amp_dtype, args.device, refresh=args.remeasure_peak)
     modes = ("infer", "train") if args.mode == "both" else (args.mode,)
@@ -96,9 +96,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in rows) else 0
 
 
-def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``bench`` subcommand; its description is the first paragraph of :mod:`visattn.bench`."""
-    p = subparsers.add_parser(
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench``; its description is the first paragraph of :mod:`visattn.bench`."""
+    p = sub.add_parser(
         "bench",
         help="samples/s, step time, peak memory, params, GMACs and MFU of models",
         description=bench.__doc__.split("\n\n")[0] if bench.__doc__ else None,
@@ -111,12 +111,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--compile-backend", default="inductor")
-    p.add_argument(
-        "--allocator",
-        choices=("tuned", "system"),
-        default=None,
-        help="malloc setting (default: $VISATTN_ALLOCATOR or tuned; MALLOC_* variables already set win)",
-    )
+    add_allocator(p)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--iters", type=int, default=10, help="timed steps")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

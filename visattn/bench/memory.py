@@ -1,6 +1,6 @@
 """Memory probes of ``visattn bench``: profiler-based peak tensor memory and peak resident set size.
 
-Private part of :mod:`visattn.bench` (import from there; its docstring defines the figures).
+Part of :mod:`visattn.bench` (its docstring defines the figures).
 """
 
 from __future__ import annotations

@@ -40,8 +40,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from visattn.data import coco_keypoints as _coco_keypoints  # noqa: F401 - registers 'coco_keypoints'
-from visattn.data import glyph_dense as _glyph_dense  # noqa: F401 - registers 'glyph_keypoints'
 from visattn.data.joint_transforms import TopDownTransform, affine_matrix, transform_points
 from visattn.metrics.keypoints import (
     STATS_NAMES,
@@ -51,9 +49,8 @@ from visattn.metrics.keypoints import (
     heatmap_to_input,
     require_cocoeval,
 )
-from visattn.models import pose as _pose_models  # noqa: F401 - registers the models
 
-from .build import TaskSpec, register_task, task_options
+from .base import TaskSpec, register_task, task_options
 
 __all__ = ["KeypointTask", "joints_mse_loss"]
 
@@ -263,4 +260,16 @@ def build_keypoint_task(config: Mapping[str, Any], model: nn.Module, train_set) 
     )
 
 
-register_task("keypoints", TaskSpec(build_keypoint_task, keypoint_transform))
+def whole_image_sample(image: torch.Tensor) -> dict[str, Any]:
+    """A top-down sample whose person box is the whole image (inference on image files without boxes)."""
+    h, w = image.shape[-2:]
+    return {"image": image, "keypoints": torch.zeros(1, 3), "box": [0.0, 0.0, float(w), float(h)]}
+
+
+def keypoint_image_input(config: Mapping[str, Any]):
+    """``f(uint8 image) -> model input``: the evaluation crop of the whole image (see :func:`whole_image_sample`)."""
+    transform = keypoint_transform(config, False)
+    return lambda image: transform(whole_image_sample(image))[0]
+
+
+register_task("keypoints", TaskSpec(build_keypoint_task, keypoint_transform, keypoint_image_input))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,17 +76,28 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(s)
 
 
-def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate along dim 0 the tensors of all ranks, whose first dimensions may differ."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+def all_gather_variable(
+    tensor: torch.Tensor, group: Any = None, sizes: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Concatenate along dim 0 the tensors of all ranks of ``group``, whose first dimensions may differ.
+
+    The one variable-length gather of visattn (metrics, the VAA history, evaluation): the first dimensions
+    are exchanged first (unless every rank already knows them: ``sizes``), each tensor is padded to the
+    longest, gathered and trimmed again. Without an initialised process group (or with one process) the
+    tensor is returned unchanged.
+    """
+    if not dist.is_available() or not dist.is_initialized():
         return tensor
-    world = dist.get_world_size()
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    world = dist.get_world_size(group)
+    if world == 1:
+        return tensor
+    if sizes is None:
+        size = torch.tensor([tensor.shape[0]], device=tensor.device)
+        exchanged = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(exchanged, size, group=group)
+        sizes = [int(s) for s in exchanged]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
-    gathered = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([p[: int(n)] for p, n in zip(parts, sizes, strict=True)])

@@ -1,15 +1,21 @@
 """ONNX export with a dynamic batch dimension and the onnxruntime parity check.
 
-Private part of :mod:`visattn.export` (import from there; its docstring describes the exporters). onnx,
-onnxruntime and onnxscript are imported only when used (``pip install 'visattn[export]'``).
+Both ONNX exporters of ``torch.onnx.export`` are supported: ``exporter="dynamo"`` (torch.export based, the
+default of torch >= 2.9, needs ``onnxscript``) and ``exporter="legacy"`` (TorchScript based, deprecated by
+torch but much faster to run). ``"auto"`` (default) uses dynamo when ``onnxscript`` is installed and falls
+back to the legacy exporter if that fails. Every registered model family exports with both (see
+``docs/visualization.md``), including SAN's pure-PyTorch local operators with reflect padding.
+
+The caller's model is never changed: a float32 CPU copy in eval mode is exported. onnx, onnxruntime and
+onnxscript are imported only when used (``pip install 'visattn[export]'``).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from visattn.ops import use_implementation
 
 
 @dataclass
@@ -57,29 +65,10 @@ class _LogitsOnly(nn.Module):
         return out
 
 
-@contextmanager
-def _reference_local_ops():
-    """Trace SAN's operators through their pure-PyTorch reference implementation.
-
-    Faster registered implementations (e.g. the memory-lean CPU path, an autograd ``Function``) do not
-    export with the TorchScript exporter and unroll into huge graphs with the dynamo exporter; ``impl="auto"``
-    would pick them for CPU float tensors. The registry is restored afterwards.
-    """
-    from visattn.ops import local_attention
-
-    registry = local_attention._IMPLEMENTATIONS
-    saved = dict(registry)
-    try:
-        registry.clear()
-        registry["reference"] = saved["reference"]
-        yield
-    finally:
-        registry.clear()
-        registry.update(saved)
-
-
 def _export(model: nn.Module, x: torch.Tensor, path: Path, exporter: str, opset: int | None) -> int | None:
-    with _reference_local_ops():
+    # SAN's fast operators (autograd Functions, chunk loops) do not export with the TorchScript exporter
+    # and unroll into huge graphs with dynamo: trace the pure-PyTorch reference, without touching the registry.
+    with use_implementation("reference"):
         return _export_traced(model, x, path, exporter, opset)
 
 
@@ -127,8 +116,12 @@ def onnx_parity(path: str | Path, model: nn.Module, inputs: torch.Tensor) -> tup
     except ImportError as err:
         raise ImportError("the parity check needs onnxruntime: pip install 'visattn[export]'") from err
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        reference = _LogitsOnly(model).eval()(inputs).float().numpy()
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            reference = _LogitsOnly(model.eval())(inputs).float().numpy()
+    finally:
+        model.train(was_training)
     got = session.run(None, {session.get_inputs()[0].name: inputs.numpy().astype(np.float32)})[0]
     if got.shape != reference.shape:
         raise ValueError(f"ONNX output shape {got.shape} != PyTorch {reference.shape}")
@@ -145,7 +138,7 @@ def export_onnx(
     exporter: str = "auto",
     check: bool = True,
 ) -> ExportReport:
-    """Export ``model`` (eval mode, CPU, float32) to ONNX with a dynamic batch dimension.
+    """Export a float32 CPU eval-mode copy of ``model`` to ONNX with a dynamic batch dimension.
 
     Args:
         model: the network; its first output tensor becomes the graph output ``logits``.
@@ -168,7 +161,8 @@ def export_onnx(
     example = example.float().cpu()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _LogitsOnly(model.float().cpu()).eval()
+    # A float32 CPU copy in eval mode: the caller's model keeps its device, dtype, mode and weights.
+    wrapped = _LogitsOnly(copy.deepcopy(model).float().cpu()).eval()
     # Trace with batch 2: a batch of 1 is easily specialised into the graph.
     trace_input = torch.cat([example[:1], example[:1].flip(-1)])
     notes: list[str] = []

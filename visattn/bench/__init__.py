@@ -24,16 +24,15 @@ Definitions (every figure names its method):
   above what was allocated before it (parameters and input are not counted), from PyTorch's profiler
   (:func:`peak_tensor_memory`; on CUDA ``torch.cuda.max_memory_allocated``). ``*_peak_rss_mb`` is the
   process's peak resident set size (Linux ``VmHWM``), the Python runtime included.
-* **allocator**: the CLI applies :func:`visattn._allocator.apply_allocator_setting` first; every row
+* **allocator**: the CLI applies :func:`visattn.utils.allocator.apply_allocator_setting` first; every row
   records the setting.
 
-Layout: this module measures and holds the public API; the memory probes live in ``visattn/_bench_memory.py``
-and the subcommand's parser and printing in ``visattn/_bench_cli.py``.
+Layout: this package measures and holds the public API; the memory probes live in :mod:`visattn.bench.memory`
+and the subcommand's parser and printing in :mod:`visattn.cli.bench`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -47,12 +46,14 @@ from typing import Any
 
 import torch
 
-from visattn._bench_memory import PeakRSS, peak_tensor_memory, quiet_native_output
+from visattn.models import count_macs, count_parameters, create_model, default_flop_convention
+from visattn.utils.allocator import allocator_setting
+
+from .memory import PeakRSS, peak_tensor_memory, quiet_native_output
 
 __all__ = [
     "PRECISIONS",
     "PeakRSS",
-    "add_subparsers",
     "benchmark_model",
     "matmul_peak_gflops",
     "peak_tensor_memory",
@@ -184,17 +185,12 @@ def benchmark_model(
     allocator: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark one registered model; returns one CSV row (see the module docstring for columns)."""
-    import visattn
-    from visattn._allocator import allocator_setting
-    from visattn.cli import default_flop_convention
-    from visattn.models import count_macs, count_parameters
-
     if mode not in ("infer", "train"):
         raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     torch.manual_seed(0)
-    model = visattn.create_model(name, **(model_kwargs or {}))
+    model = create_model(name, **(model_kwargs or {}))
     input_size = _input_size(model, img_size)
     params = count_parameters(model)
     macs = count_macs(model, input_size, convention="macs")
@@ -295,11 +291,3 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
         writer.writeheader()
         for r in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
-
-
-def add_subparsers(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``bench`` subcommand (plugin protocol of :mod:`visattn.cli`)."""
-    # Imported on use: ``_bench_cli`` imports this module at load time (no import cycle).
-    from visattn._bench_cli import add_bench_parser
-
-    add_bench_parser(subparsers)

@@ -1,0 +1,119 @@
+"""The task registry: what a recipe's ``task:`` builds, and the image pipeline each task feeds its model.
+
+A task object has ``train_module(model)``, ``training_loss(model, batch, epoch) -> loss``,
+``evaluate_batch(model, batch, metric)``, ``metric_factory()`` and ``state_dict()/load_state_dict()``.
+Each task module registers a :class:`TaskSpec`; :mod:`visattn.engine.tasks` imports them all, so every
+task name is known as soon as the package is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = [
+    "TaskSpec",
+    "get_task_spec",
+    "image_transform",
+    "list_tasks",
+    "model_input_fn",
+    "num_classes_of",
+    "register_task",
+    "task_options",
+]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How a recipe's ``task:`` is built and how its images reach the model.
+
+    Attributes:
+        build: ``build(config, model, train_set) -> task``.
+        transform: ``transform(config, train) -> callable`` given to the datasets; default
+            :func:`image_transform` (the ``data`` section's image transforms, applied to float images).
+        image_input: ``image_input(config) -> f`` where ``f(image)`` maps a decoded uint8 ``(C, H, W)`` image
+            file to the model input ``(C, h, w)`` exactly as the evaluation split's items are made; default:
+            float conversion then the evaluation ``transform``. Inference (``predict``, ``visualize``,
+            ``export``) feeds files through it, so every command sees what ``eval`` sees.
+    """
+
+    build: Callable[[Mapping[str, Any], nn.Module, Dataset | None], Any]
+    transform: Callable[[Mapping[str, Any], bool], Callable] | None = None
+    image_input: Callable[[Mapping[str, Any]], Callable[[torch.Tensor], torch.Tensor]] | None = None
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(name: str, spec: TaskSpec) -> None:
+    """Make ``task: name`` available to recipes."""
+    _TASKS[name] = spec
+
+
+def list_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task_spec(config: Mapping[str, Any]) -> TaskSpec:
+    """The :class:`TaskSpec` of the recipe's ``task``; an unknown name is one error listing the known ones."""
+    name = config["task"]
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r} (key 'task'); available: {list_tasks()}")
+    return _TASKS[name]
+
+
+def task_options(config: Mapping[str, Any], task: str, known: Sequence[str]) -> dict[str, Any]:
+    """The recipe's ``task_kwargs``; an unknown key is one error naming it and the known ones."""
+    options = dict(config.get("task_kwargs") or {})
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"task {task}: unknown task_kwargs {unknown} (first: 'task_kwargs.{unknown[0]}'; "
+            f"known: {', '.join(known)})"
+        )
+    return options
+
+
+def image_transform(config: Mapping[str, Any], train: bool) -> Callable:
+    """The ``data`` section's image transform (classification-style tasks)."""
+    from visattn.data import build_transform
+
+    d = config["data"]
+    return build_transform(
+        train,
+        d["img_size"],
+        d["mean"],
+        d["std"],
+        kind=d["train_transform"],
+        rrc_scale=d["rrc_scale"],
+        rrc_ratio=d["rrc_ratio"],
+        resize_before=d["resize_before"],
+    )
+
+
+def _float_then_transform(config: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    from visattn.data import to_float
+
+    spec = get_task_spec(config)
+    transform = (spec.transform or image_transform)(config, False)
+    return lambda image: transform(to_float(image))
+
+
+def model_input_fn(config: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(uint8 image (C, H, W)) -> model input (C, h, w)``: the evaluation pipeline of the recipe's task."""
+    spec = get_task_spec(config)
+    return (spec.image_input or _float_then_transform)(config)
+
+
+def num_classes_of(dataset: Dataset) -> int | None:
+    """Class count a dataset declares (``class_names`` or a 2-D ``targets`` matrix), if any."""
+    names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
+    if names is not None:
+        return len(names)
+    targets = getattr(dataset, "targets", None)
+    return int(targets.shape[1]) if torch.is_tensor(targets) and targets.dim() == 2 else None

@@ -1,0 +1,24 @@
+"""Logging set-up of visattn's programs: the ``visattn`` logger prints plain lines to stderr.
+
+The library itself only logs (``logging.getLogger(__name__)``); programs (the CLI, the demo) call
+:func:`log_to_stderr` once, and users of the Python API configure logging as they like.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["log_to_stderr"]
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Progress and log lines go to stderr (results go to stdout); idempotent."""
+    logger = logging.getLogger("visattn")
+    if not any(getattr(h, "_visattn_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._visattn_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
