@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from visattn import record_attention
 from visattn.config import load_config
 from visattn.engine.build import build_trainer
 from visattn.models import count_parameters, residual_attention
+from visattn.recording import record_attention
 from visattn.utils.logs import log_to_stderr
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

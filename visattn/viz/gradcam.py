@@ -19,7 +19,7 @@ from torch import nn
 
 from visattn.recording import AttentionMapSource
 
-from .overlay import Panel
+from ._panels import Panel
 
 __all__ = ["METHODS", "default_target_layer", "gradcam_maps", "gradcam_panels"]
 

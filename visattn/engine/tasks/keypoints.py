@@ -261,9 +261,13 @@ def build_keypoint_task(config: Mapping[str, Any], model: nn.Module, train_set) 
 
 
 def whole_image_sample(image: torch.Tensor) -> dict[str, Any]:
-    """A top-down sample whose person box is the whole image (inference on image files without boxes)."""
+    """A top-down sample whose person box is the whole image (inference on image files without boxes).
+
+    Pixel centres are integers (:mod:`visattn.data.heatmaps`), so the image covers ``[-0.5, W - 0.5]``: the box
+    starts half a pixel before the first centre and the crop is centred on ``((W - 1) / 2, (H - 1) / 2)``.
+    """
     h, w = image.shape[-2:]
-    return {"image": image, "keypoints": torch.zeros(1, 3), "box": [0.0, 0.0, float(w), float(h)]}
+    return {"image": image, "keypoints": torch.zeros(1, 3), "box": [-0.5, -0.5, float(w), float(h)]}
 
 
 def keypoint_image_input(config: Mapping[str, Any]):
