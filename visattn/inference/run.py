@@ -33,6 +33,7 @@ from visattn.engine.checkpoint import (
     CHECKPOINT_DIR,
     CLASS_NAMES_FILE,
     CONFIG_FILE,
+    LOG_FILE,
     latest_checkpoint,
     load_model_weights,
 )
@@ -92,6 +93,14 @@ class RunDir:
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
         return path
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG_FILE
+
+    def recipe(self) -> dict[str, Any] | None:
+        """The run's ``config.json`` as written (not validated; :func:`read_run_config` validates)."""
+        return json.loads(self.config_file.read_text()) if self.config_file.is_file() else None
 
     def class_names(self) -> list[str] | None:
         path = self.path / CLASS_NAMES_FILE

@@ -20,7 +20,6 @@ on its validation split first. Matplotlib's object API only (no pyplot, no backe
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -248,11 +247,6 @@ def plot_confusion_matrix(
     return fig
 
 
-def _run_config(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def evaluate_run(
     run_dir: str | Path, checkpoint: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
@@ -285,15 +279,16 @@ def write_training_report(
         metrics_source: shown in the per-class title (e.g. ``"last epoch"``, ``"best checkpoint"``).
     """
     run_dir = Path(run_dir)
-    config = _run_config(run_dir) or {}
+    run = RunDir(run_dir)
+    config = run.recipe() or {}
     written: list[Path] = []
     eval_cfg = config.get("eval", {})
     name = (config.get("model") or {}).get("name", "")
     title = f"run {run_dir.name}: {name}" if name else f"run {run_dir.name}"
-    if (run_dir / "log.csv").is_file():
+    if run.log.is_file():
         path = run_dir / "report_curves.png"
         plot_curves(
-            read_log(run_dir / "log.csv"),
+            read_log(run.log),
             eval_cfg.get("metric"),
             eval_cfg.get("mode", "max"),
             path=path,
@@ -306,10 +301,8 @@ def write_training_report(
         metrics_source = metrics_source or "best checkpoint"
     metrics = dict(metrics or {})
     if class_names is None:
-        names_file = run_dir / "class_names.json"
-        if names_file.is_file():
-            class_names = json.loads(names_file.read_text())
-        elif metrics.get("class_names") is not None:
+        class_names = run.class_names()
+        if class_names is None and metrics.get("class_names") is not None:
             class_names = list(metrics["class_names"])
     source = f", {metrics_source}" if metrics_source else ""
     for key, label in PER_CLASS_KEYS:
