@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -339,6 +341,32 @@ def test_keep_checkpoints_prunes_and_resume_still_works(tmp_path):
     names = sorted(p.name for p in (out / "checkpoints").glob("*.safetensors"))
     assert names == ["epoch_0006.safetensors", "epoch_0007.safetensors"]
     assert (out / "checkpoints" / "last.txt").read_text().strip() == "epoch_0007"
+    # `--checkpoint last` / `best` name the files of the recipe's run.
+    for which, epoch in (("last", 7), ("best", None)):
+        metrics_file = tmp_path / f"{which}.json"
+        eval_args = ["eval", str(GLYPH), "--checkpoint", which, "--output", str(metrics_file)]
+        assert main([*eval_args, *sets(*TINY, f"output={out}")]) == 0
+        assert json.loads(metrics_file.read_text())["num_samples"] == 32
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert json.loads((tmp_path / "last.json").read_text())["mAP"] == pytest.approx(float(rows[-1]["mAP"]))
+
+
+def test_log_interval_lines_and_end_of_fit_callbacks(tmp_path, caplog):
+    from visattn.engine.build import build_trainer
+
+    config = load_config(
+        GLYPH, [*TINY, "data.batch_size=8", "train.log_interval=3", f"output={tmp_path / 'run'}"]
+    )
+    trainer = build_trainer(config)
+    called = []
+    trainer.callbacks += [lambda t: called.append(t.best["epoch"]), lambda t: 1 / 0]
+    with caplog.at_level(logging.INFO, logger="visattn"):
+        result = trainer.fit()
+    steps = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
+    assert [m.split()[3] for m in steps] == ["3/8", "6/8"]  # 64 samples / batch 8 = 8 steps, every 3rd
+    assert all("loss" in m and "samples/s" in m for m in steps)
+    assert called == [1] and result["best"]["epoch"] == 1  # the raising callback did not fail the run
+    assert any("callback" in r.getMessage() and "ZeroDivisionError" in r.getMessage() for r in caplog.records)
 
 
 # ------------------------------------------------------------------------------------------ registry

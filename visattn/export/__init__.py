@@ -16,14 +16,4 @@ See :mod:`visattn.export.onnx` for the exporters.
 
 from .onnx import ExportReport, export_onnx, onnx_parity
 
-__all__ = ["TESTED_FAMILIES", "ExportReport", "export_onnx", "onnx_parity"]
-
-#: Model families whose ONNX export and onnxruntime parity are tested (``tests/test_export.py``).
-TESTED_FAMILIES = (
-    "glyphnet",
-    "csra (backbone glyphnet / resnet18)",
-    "san10_pairwise / san10_patchwise (small layers and kernels)",
-    "resattnet92_cifar",
-    "psa_resnet18",
-    "vaa (backbone resnet18)",
-)
+__all__ = ["ExportReport", "export_onnx", "onnx_parity"]
