@@ -205,13 +205,14 @@ def _recipe_class_names(config: Mapping[str, Any]) -> list[str] | None:
 
 
 def _from_recipe(
-    cfg: dict[str, Any], class_names: Sequence[str] | None
+    cfg: dict[str, Any], class_names: Sequence[str] | None, has_checkpoint: bool
 ) -> tuple[nn.Module, list[str], Callable, tuple[int, int, int], str]:
     from visattn.engine.build import build_model
     from visattn.engine.tasks import model_input_fn
 
-    cfg["model"]["checkpoint_path"] = None
-    cfg["model"]["pretrained_file"] = None  # the checkpoint holds every weight
+    if has_checkpoint:  # the checkpoint holds every weight; otherwise the recipe's own weight files count
+        cfg["model"]["checkpoint_path"] = None
+        cfg["model"]["pretrained_file"] = None
     names = list(class_names) if class_names is not None else _recipe_class_names(cfg)
     model = build_model(cfg, len(names) if names else None)
     if names is None:
@@ -296,7 +297,7 @@ def load_trained_model(
         cfg: dict[str, Any] | None = read_run_config(config, overrides)
         if class_names is None and run is None:
             class_names = RunDir(Path(cfg["output"])).class_names()
-        model, names, image_input, size, task = _from_recipe(cfg, class_names)
+        model, names, image_input, size, task = _from_recipe(cfg, class_names, checkpoint is not None)
         channels = size[0]
         mean = _per_channel(cfg["data"]["mean"], channels)
         std = _per_channel(cfg["data"]["std"], channels)
