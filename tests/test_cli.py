@@ -14,7 +14,7 @@ from visattn.models.convert import convert_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "glyph_canvas_csra.yaml"
 TINY = [
-    "data.kwargs.num_samples={train: 96, test: 48}",
+    "data.kwargs.num_samples={train: 96, val: 32, test: 48}",
     "data.batch_size=32",
     "train.epochs=1",
 ]

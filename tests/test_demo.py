@@ -17,6 +17,8 @@ def test_demo_trains_both_recipes_and_writes_the_table(tmp_path, capsys):
             "1",
             "--train-samples",
             "128",
+            "--val-samples",
+            "32",
             "--test-samples",
             "64",
             "--out",

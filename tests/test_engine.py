@@ -20,7 +20,7 @@ def _config(out: Path, batch: int, *extra: str) -> dict:
     return load_config(
         RECIPE,
         [
-            "data.kwargs.num_samples={train: 128, test: 64}",
+            "data.kwargs.num_samples={train: 128, val: 32, test: 64}",
             f"data.batch_size={batch}",
             "train.epochs=2",
             f"output={out}",

@@ -119,7 +119,8 @@ def fake_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     config = load_config(
-        "configs/glyph_canvas_csra.yaml", [f"output={run}", "data.kwargs.num_samples={train: 8, test: 4}"]
+        "configs/glyph_canvas_csra.yaml",
+        [f"output={run}", "data.kwargs.num_samples={train: 8, val: 4, test: 4}"],
     )
     (run / "config.json").write_text(json.dumps(config, indent=2, default=str))
     (run / "class_names.json").write_text(json.dumps([str(i) for i in range(10)]))

@@ -45,8 +45,18 @@ def test_targets_match_boxes_and_glyph_ink():
 def test_three_channel_option_and_validation():
     assert GlyphCanvasDataset("train", 2, channels=3)[0][0].shape == (3, 64, 64)
     with pytest.raises(ValueError, match="split"):
-        GlyphCanvasDataset("val", 2)
+        GlyphCanvasDataset("validation", 2)
     with pytest.raises(ValueError, match="canvas_size"):
         GlyphCanvasDataset("train", 2, canvas_size=20)
     with pytest.raises(ValueError, match="classes"):
         GlyphCanvasDataset("train", 2, classes=(1, 1))
+
+
+def test_val_canvases_are_new_canvases_of_training_glyphs():
+    """``val``: a random stream of its own (no canvas equals a training one) over the training glyph pool
+    (every glyph pixel block comes from the training glyphs; test glyphs are disjoint from both)."""
+    train, val = GlyphCanvasDataset("train", 50), GlyphCanvasDataset("val", 50)
+    assert not any(torch.equal(v, t) for v in val.images for t in train.images)
+    _, labels = load_mnist5k()
+    assert np.array_equal(_glyph_pool(labels, "val"), _glyph_pool(labels, "train"))
+    assert not set(_glyph_pool(labels, "train")) & set(_glyph_pool(labels, "test"))

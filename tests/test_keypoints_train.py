@@ -12,7 +12,7 @@ from visattn.cli import main  # noqa: E402
 HAS_COCOEVAL = importlib.util.find_spec("pycocotools") is not None
 METRIC = "AP" if HAS_COCOEVAL else "PCK"
 TINY = [
-    "--set", "data.kwargs.num_samples={train: 64, test: 24}", "--set", "data.batch_size=16",
+    "--set", "data.kwargs.num_samples={train: 64, val: 24, test: 24}", "--set", "data.batch_size=16",
     "--set", "train.epochs=4", "--set", "sched.warmup_epochs=0", "--set", "model.kwargs.width=16",
     "--set", f"eval.metric={METRIC}",
 ]  # fmt: skip
@@ -38,7 +38,7 @@ def test_cli_on_a_fixture_sized_coco_keypoints_file(tmp_path):
     out = tmp_path / "run"
     sets = [
         "--set", "data.name=coco_keypoints",
-        "--set", f"data.kwargs={{root: '{root}'}}", "--set", "data.train_split=val", "--set", "data.val_split=val",
+        "--set", f"data.kwargs={{root: '{root}'}}", "--set", "data.train_split=val", "--set", "data.val_split=val", "--set", "data.test_split=null",
         "--set", "model.kwargs={in_chans: 3, width: 8}", "--set", "data.mean=[0.5, 0.5, 0.5]",
         "--set", "data.std=[0.25, 0.25, 0.25]", "--set", "data.batch_size=2", "--set", "train.epochs=1",
         "--set", "task_kwargs.input_size=[64, 48]", "--set", "task_kwargs.heatmap_size=[32, 24]",

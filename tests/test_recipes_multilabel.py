@@ -142,7 +142,7 @@ def _multilabel_csv(root: Path) -> dict:
 
 
 def _glyph_canvas(root: Path) -> dict:
-    return {"num_samples": {"train": 16, "test": 16}}
+    return {"num_samples": {"train": 16, "val": 16, "test": 16}}
 
 
 FIXTURES = {
@@ -254,7 +254,11 @@ def test_recipe_trains_on_fixture_data(recipe, fixture_data, tmp_path, capsys):
 def test_eval_builds_without_a_training_split(fixture_data, capsys):
     recipe = ROOT / "configs" / "vaa_wider_resnet101.yaml"
     config = load_config(recipe)
-    code = main(["eval", str(recipe), *fast_overrides(config, fixture_data(config["data"]["name"]))])
+    fast = fast_overrides(config, fixture_data(config["data"]["name"]))
+    # Initial weights are scored only on request (a forgotten --checkpoint must not print a random model's mAP).
+    assert main(["eval", str(recipe), *fast]) == 2
+    assert "--random-init" in capsys.readouterr().err
+    code = main(["eval", str(recipe), *fast, "--random-init"])
     assert code == 0, capsys.readouterr().err
 
 

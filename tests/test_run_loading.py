@@ -35,7 +35,7 @@ from visattn.inference import load_trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GLYPH = ROOT / "configs" / "glyph_canvas_csra.yaml"
-TINY = ["data.kwargs.num_samples={train: 64, test: 32}", "data.batch_size=32", "train.epochs=1"]
+TINY = ["data.kwargs.num_samples={train: 64, val: 32, test: 32}", "data.batch_size=32", "train.epochs=1"]
 
 
 def sets(*items: str) -> list[str]:
@@ -301,15 +301,17 @@ def test_ema_runs_load_ema_weights_and_best_follows_an_ema_metric(tmp_path, caps
                     *sets(*TINY),
                     "--checkpoint",
                     str(checkpoint),
+                    "--split",
+                    "val",  # the selection split, where ema_mAP was logged
                     "--output",
                     str(metrics_file),
                 ]
             )
             == 0
         )
-        assert json.loads(metrics_file.read_text())["mAP"] == pytest.approx(
-            ema_maps[best_epoch - 1], abs=1e-6
-        )
+        record = json.loads(metrics_file.read_text())
+        assert record["mAP"] == pytest.approx(ema_maps[best_epoch - 1], abs=1e-6)
+        assert record["split"] == "split 'val'"
         capsys.readouterr()
         image = tmp_path / "canvas.png"
         Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(image)
@@ -344,7 +346,16 @@ def test_keep_checkpoints_prunes_and_resume_still_works(tmp_path):
     # `--checkpoint last` / `best` name the files of the recipe's run.
     for which in ("last", "best"):
         metrics_file = tmp_path / f"{which}.json"
-        eval_args = ["eval", str(GLYPH), "--checkpoint", which, "--output", str(metrics_file)]
+        eval_args = [
+            "eval",
+            str(GLYPH),
+            "--checkpoint",
+            which,
+            "--split",
+            "val",
+            "--output",
+            str(metrics_file),
+        ]
         assert main([*eval_args, *sets(*TINY, f"output={out}")]) == 0
         assert json.loads(metrics_file.read_text())["num_samples"] == 32
     rows = list(csv.DictReader((out / "log.csv").open()))
@@ -460,7 +471,7 @@ def test_predict_keypoints_in_coco_results_format(tmp_path, capsys):
         recipe,
         out,
         *sets(
-            "data.kwargs.num_samples={train: 16, test: 8}",
+            "data.kwargs.num_samples={train: 16, val: 8, test: 8}",
             "data.batch_size=8",
             "train.epochs=1",
             "eval.metric=PCK",

@@ -8,7 +8,7 @@ pytest.importorskip("mlxtend")
 from visattn.cli import main  # noqa: E402
 
 TINY = [
-    "--set", "data.kwargs.num_samples={train: 96, test: 32}", "--set", "data.batch_size=12",
+    "--set", "data.kwargs.num_samples={train: 96, val: 32, test: 32}", "--set", "data.batch_size=12",
     "--set", "train.epochs=6", "--set", "sched.warmup_epochs=0", "--set", "model.kwargs.width=16",
 ]  # fmt: skip
 
@@ -61,5 +61,5 @@ def test_cli_on_fixture_sized_real_formats(tmp_path):
     for name, root, n in (("cityscapes", city, 19), ("voc2012_seg", voc, 21)):
         out = tmp_path / f"run_{name}"
         row = cli_train("configs/psa_glyph_seg.yaml", out, *common, "--set", f"data.name={name}",
-                        "--set", f"data.kwargs={{root: '{root}'}}", "--set", "data.val_split=val")[0]  # fmt: skip
+                        "--set", f"data.kwargs={{root: '{root}'}}", "--set", "data.val_split=val", "--set", "data.test_split=null")[0]  # fmt: skip
         assert 0.0 <= float(row["aAcc"]) <= 1.0 and sum(k.startswith("IoU.") for k in row) == n

@@ -29,7 +29,12 @@ from visattn.viz.report import plot_confusion_matrix, read_log  # noqa: E402
 
 # Brief CSRA training on the built-in canvases (measured on the 2-core dev machine: test mAP ~0.56,
 # class-map peak on a glyph of that class for 87 % of (image, present digit) pairs; the full demo: 99 %).
-TRAIN = ["data.kwargs.num_samples.train=600", "data.kwargs.num_samples.test=100", "train.epochs=3"]
+TRAIN = [
+    "data.kwargs.num_samples.train=600",
+    "data.kwargs.num_samples.val=100",
+    "data.kwargs.num_samples.test=100",
+    "train.epochs=3",
+]
 TRAIN += ["data.batch_size=16", "train.seed=0", "data.kwargs.seed=0"]
 MIN_PEAK_RATE = 0.7
 

@@ -45,7 +45,12 @@ DEFAULTS: dict[str, Any] = {
         "name": None,
         "kwargs": OPEN,
         "train_split": "train",
-        "val_split": "test",
+        # Selection split (per-epoch evaluation, best checkpoint, plateau schedules). None: hold out a seeded
+        # val_fraction of the training split. The test split is evaluated once, after training, with the
+        # best weights (None: no test evaluation).
+        "val_split": None,
+        "val_fraction": 0.1,
+        "test_split": None,
         "img_size": 224,
         "mean": [0.0, 0.0, 0.0],
         "std": [1.0, 1.0, 1.0],
@@ -54,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 16,
         "eval_batch_size": None,
         "workers": 0,
+        # Channels of the model input (1 grey, 3 RGB); images are converted by the transforms. None: the
+        # model's model.kwargs.in_chans when given, else the images' own.
+        "channels": None,
         "shuffle": True,
         "resize_before": None,
         "rrc_ratio": [0.75, 1.3333333333333333],
@@ -224,6 +232,10 @@ def load_config(
     for section, key in (("model", "name"), ("data", "name")):
         if not config[section][key]:
             raise ConfigError(f"{where}: key '{section}.{key}' is required")
+    if config["data"]["channels"] not in (None, 1, 3):
+        raise ConfigError(
+            f"{where}: key 'data.channels': expected 1 (grey) or 3 (RGB), got {config['data']['channels']!r}"
+        )
     if config["eval"]["mode"] not in ("max", "min"):
         raise ConfigError(
             f"{where}: key 'eval.mode': expected 'max' or 'min', got {config['eval']['mode']!r}"

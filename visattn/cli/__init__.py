@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from visattn.utils.logs import log_to_stderr
 
 from . import bench, export, models, predict, train, viz
+from .options import apply_threads
 
 __all__ = ["COMMAND_GROUPS", "build_parser", "main"]
 
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_to_stderr()
     try:
+        apply_threads(args)
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
         print(f"visattn {args.command}: error: {err}", file=sys.stderr)

@@ -17,7 +17,7 @@ from visattn.bench import PRECISIONS, benchmark_model, matmul_peak_gflops, write
 from visattn.config import parse_overrides
 from visattn.models import is_model, list_models
 
-from .options import add_allocator, apply_allocator_setting
+from .options import add_allocator, add_threads, apply_allocator_setting
 
 __all__ = ["add_parsers"]
 
@@ -49,8 +49,6 @@ def _summary(row: dict[str, Any], mode: str) -> str:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     allocator = apply_allocator_setting(args.allocator)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     names = _names(args.names)
     model_kwargs = parse_overrides(args.set)
     amp_dtype = PRECISIONS[args.precision] or torch.float32
@@ -114,7 +112,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_allocator(p)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--iters", type=int, default=10, help="timed steps")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    add_threads(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model keyword argument")
     p.add_argument("--csv", metavar="OUT", help="write the results as CSV (timm benchmark columns)")

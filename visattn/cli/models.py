@@ -10,7 +10,7 @@ from typing import Any
 from visattn.config import parse_overrides
 from visattn.models import list_converters, list_models, model_info
 
-from .options import add_set
+from .options import add_set, add_threads
 
 __all__ = ["add_parsers"]
 
@@ -65,6 +65,7 @@ def add_parsers(sub: Any) -> None:
     )
     add_set(p, help="model keyword argument, e.g. drop_rate=0.1")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_threads(p)
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("convert", help="convert an official checkpoint to visattn safetensors")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .options import add_run_options, load_run
+from .options import add_run_options, add_threads, load_run
 
 __all__ = ["add_parsers"]
 
@@ -101,4 +101,5 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="evaluate best.safetensors on the validation split for the per-class chart / confusion matrix",
     )
+    add_threads(p)
     p.set_defaults(func=_cmd_report)

@@ -7,6 +7,7 @@ from ._common import AnnotationError, MultiLabelDataset, load_image, to_float
 from .coco import COCO2014
 from .factory import create_dataset, list_datasets, register_dataset
 from .glyph_canvas import GlyphCanvasDataset, load_mnist5k
+from .holdout import HeldOut, holdout_indices
 from .idx import IDXDataset, read_idx
 from .multilabel_csv import MultiLabelCSV, MultiLabelJSON
 from .pa100k import PA100K
@@ -22,6 +23,7 @@ __all__ = [
     "AnnotationError",
     "COCO2014",
     "GlyphCanvasDataset",
+    "HeldOut",
     "IDXDataset",
     "MultiLabelCSV",
     "MultiLabelDataset",
@@ -34,6 +36,7 @@ __all__ = [
     "WIDERAttributeSRN",
     "build_transform",
     "create_dataset",
+    "holdout_indices",
     "list_datasets",
     "load_image",
     "load_mnist5k",

@@ -240,11 +240,10 @@ def to_float(image: torch.Tensor) -> torch.Tensor:
     return image.float().div_(255.0)
 
 
-def load_image(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
-    """Decode an image file to a uint8 tensor ``(channels, H, W)`` (RGB, or grey for ``channels=1``); errors
-    name the path. Every dataset and every inference command decodes files through this one function."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file to a uint8 RGB tensor ``(3, H, W)``; errors name the path. Every dataset and every
+    inference command decodes files through this one function; the recipe's transforms convert to the
+    model's channels (``data.channels``)."""
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(2, "image not found", path)
@@ -252,11 +251,10 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
+            arr = np.asarray(im.convert("RGB"))
     except Exception as err:  # noqa: BLE001 - any decoder failure becomes one clear error
         raise ValueError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
-    tensor = torch.from_numpy(arr.copy())
-    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 def crop_box(image: torch.Tensor, box: Box, policy: str = "clamp") -> torch.Tensor:

@@ -67,7 +67,9 @@ class GlyphCanvasDataset(Dataset):
     """Multi-label canvases of real MNIST glyphs.
 
     Args:
-        split: ``"train"`` or ``"test"`` (disjoint glyph pools).
+        split: ``"train"`` or ``"test"`` (disjoint glyph pools), or ``"val"``: canvases of their own (another
+            random stream) made from the *training* glyph pool, for model selection; ``"test"`` glyphs are
+            never seen before the final evaluation.
         num_samples: number of canvases.
         canvas_size: side ``S`` of the square canvas (>= 28).
         glyphs_per_image: ``(min, max)`` glyphs pasted per canvas (inclusive).
@@ -91,8 +93,8 @@ class GlyphCanvasDataset(Dataset):
         max_overlap: float = 0.25,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         if canvas_size < 28:
             raise ValueError(f"canvas_size must be >= 28 (the glyph size), got {canvas_size}")
         lo, hi = glyphs_per_image
@@ -112,7 +114,7 @@ class GlyphCanvasDataset(Dataset):
         glyphs, labels = load_mnist5k()
         pool = _glyph_pool(labels, split)
         by_class = {c: pool[labels[pool] == c] for c in classes}
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        rng = np.random.default_rng([seed, {"train": 0, "test": 1, "val": 2}[split]])
         S = canvas_size
         canvases = np.zeros((num_samples, S, S), dtype=np.uint8)
         targets = np.zeros((num_samples, len(classes)), dtype=np.float32)

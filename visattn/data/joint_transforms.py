@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from .heatmaps import encode_heatmaps, input_to_heatmap
+from .transforms import convert_channels
 
 __all__ = [
     "PadTo",
@@ -124,14 +125,16 @@ class PadTo(v2.Transform):
 class SegmentationTransform:
     """``(image, mask) -> (float image (C, h, w), int64 mask (h, w))`` around a v2 pipeline."""
 
-    def __init__(self, pipeline: v2.Transform, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, pipeline: v2.Transform, mean: Sequence[float], std: Sequence[float], channels: int | None = None
+    ) -> None:
         self.pipeline = pipeline
+        self.channels = channels
         self.normalize = not (all(m == 0 for m in mean) and all(s == 1 for s in std))
         self.mean, self.std = list(mean), list(std)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(image, tv_tensors.Image):
-            image = tv_tensors.Image(image)
+        image = tv_tensors.Image(convert_channels(image.as_subclass(torch.Tensor), self.channels))
         if not isinstance(mask, tv_tensors.Mask):
             mask = tv_tensors.Mask(mask)
         image, mask = self.pipeline(image, mask)
@@ -159,8 +162,10 @@ def build_segmentation_transform(
     ignore_index: int = 255,
     pad_to: int | Sequence[int] | None = None,
     eval_scale: float = 1.0,
+    channels: int | None = None,
 ) -> SegmentationTransform:
-    """The segmentation transform of a recipe (see the module docstring)."""
+    """The segmentation transform of a recipe (see the module docstring); ``channels``: convert images to
+    this many channels first (:func:`~visattn.data.transforms.convert_channels`)."""
     steps: list[v2.Transform] = []
     if train:
         if scale_range is not None:
@@ -179,7 +184,7 @@ def build_segmentation_transform(
             steps.append(ResizeImage(eval_scale))
         if pad_to is not None:
             steps.append(PadTo(pad_to, ignore_index))
-    return SegmentationTransform(v2.Compose(steps) if steps else v2.Identity(), mean, std)
+    return SegmentationTransform(v2.Compose(steps) if steps else v2.Identity(), mean, std, channels)
 
 
 # --------------------------------------------------------------------------------------------- keypoints
@@ -258,6 +263,7 @@ class TopDownTransform:
         rotation_factor: training rotation ``clip(N(0,1)·r, -2r, 2r)`` degrees with probability ``rotation_prob``.
         flip: training flip probability; needs ``flip_pairs`` (given here or in the sample).
         quantize: encode at rounded heatmap positions (SimpleBaseline) instead of exact ones.
+        channels: convert images to this many channels first (``None``: keep them).
 
     The sample dict holds ``image`` (uint8/float ``(C, H, W)`` or ``tv_tensors.Image``), ``keypoints``
     ``(K, 3)`` ``(x, y, v)`` in image pixels, ``box`` ``(x, y, w, h)``, and optionally ``image_id``,
@@ -279,8 +285,10 @@ class TopDownTransform:
         flip: float = 0.5,
         flip_pairs: Sequence[Sequence[int]] | None = None,
         quantize: bool = False,
+        channels: int | None = None,
     ) -> None:
         self.train = train
+        self.channels = channels
         self.input_size = _pair(input_size)
         self.heatmap_size = _pair(heatmap_size)
         self.sigma = float(sigma)
@@ -302,6 +310,7 @@ class TopDownTransform:
     def __call__(self, sample: dict[str, Any]):
         image = torch.as_tensor(sample["image"])
         image = TF.to_dtype(tv_tensors.Image(image), torch.float32, scale=True).as_subclass(torch.Tensor)
+        image = convert_channels(image, self.channels)
         kpts = torch.as_tensor(sample["keypoints"], dtype=torch.float32).reshape(-1, 3)
         center, size = box_to_center_size(sample["box"], self.aspect_ratio, self.padding)
         rotation, flipped, scale = 0.0, False, 1.0

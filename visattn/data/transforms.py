@@ -23,12 +23,51 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-__all__ = ["build_transform", "TRAIN_TRANSFORMS"]
+__all__ = ["TRAIN_TRANSFORMS", "ToChannels", "build_transform", "convert_channels"]
 
 TRAIN_TRANSFORMS = ("flip_rrc", "flip", "none", "imagenet", "pad_crop")
 IMAGENET_CROP_PCT = 0.875
+# ITU-R 601-2 luma, the weights of PIL's "L" conversion; they sum to 1, so a grey RGB image stays exact.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def convert_channels(image: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """An image ``(..., C, H, W)`` (uint8 or float) with ``channels`` channels: grey is repeated to RGB, RGB
+    becomes grey by ITU-R 601-2 luma (uint8 rounded); ``None`` or the same count: unchanged."""
+    have = image.shape[-3]
+    if channels is None or have == channels:
+        return image
+    if have == 1 and channels == 3:
+        return image.expand(*image.shape[:-3], 3, *image.shape[-2:]).clone()
+    if have == 3 and channels == 1:
+        weights = torch.tensor(_LUMA, dtype=torch.float32).view(3, 1, 1)
+        grey = (image.float() * weights).sum(-3, keepdim=True)
+        return (
+            grey.round().clamp(0, 255).to(image.dtype)
+            if not image.dtype.is_floating_point
+            else grey.to(image.dtype)
+        )
+    raise ValueError(f"cannot convert a {have}-channel image to {channels} channels (1 or 3 are supported)")
+
+
+class ToChannels(torch.nn.Module):
+    """Transform step: :func:`convert_channels` to ``channels`` (the recipe's ``data.channels``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = int(channels)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = convert_channels(image, self.channels)
+        if out is image or type(image) is torch.Tensor:
+            return out
+        return tv_tensors.wrap(out.as_subclass(torch.Tensor), like=image)  # keep the tv_tensors type
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
 
 
 def build_transform(
@@ -40,8 +79,10 @@ def build_transform(
     rrc_scale: Sequence[float] = (0.7, 1.0),
     rrc_ratio: Sequence[float] = (3 / 4, 4 / 3),
     resize_before: int | None = None,
+    channels: int | None = None,
 ) -> v2.Compose:
-    """Training or evaluation transform for square inputs of ``img_size``."""
+    """Training or evaluation transform for square inputs of ``img_size``; ``channels``: convert images to
+    this many channels first (:func:`convert_channels`; ``None``: keep them)."""
     kind, _, randaug = kind.partition("+")
     if kind not in TRAIN_TRANSFORMS:
         raise ValueError(
@@ -52,6 +93,8 @@ def build_transform(
             f"after '+' a timm RandAugment string is expected (e.g. rand-m9-mstd0.5), got {randaug!r}"
         )
     steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if channels is not None:
+        steps.append(ToChannels(channels))
     if resize_before:  # e.g. VAA: every crop squashed to 256x256 first; test = centre crop of it
         steps.append(v2.Resize((resize_before, resize_before), antialias=True))
         if not train:

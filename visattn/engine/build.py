@@ -16,7 +16,15 @@ from torch.utils.data import Dataset
 from visattn.utils.distributed import DistInfo, init_distributed, seed_everything
 
 from .checkpoint import load_model_weights
-from .tasks import get_task_spec, image_transform, list_tasks, num_classes_of, register_task
+from .tasks import (
+    build_split,
+    get_task_spec,
+    image_transform,
+    input_channels,
+    list_tasks,
+    num_classes_of,
+    register_task,
+)
 from .trainer import Trainer
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "build_model",
     "build_task",
     "build_trainer",
+    "check_input_channels",
     "image_transform",
     "list_tasks",
     "num_classes_of",
@@ -34,23 +43,26 @@ __all__ = [
 def build_datasets(
     config: Mapping[str, Any], splits: tuple[str, ...] = ("train", "val"), transform: bool = True
 ) -> dict[str, Dataset]:
-    """Datasets of the recipe for the requested roles (``train`` / ``val``) with their transforms
-    (``transform=False``: raw items, e.g. for a keypoint task's ground truth)."""
-    from visattn.data import create_dataset
-
-    d = config["data"]
+    """Datasets of the recipe for the requested roles (``train``, ``val``, ``test``; see
+    :func:`~visattn.engine.tasks.build_split`) with their transforms (``transform=False``: raw items)."""
     make_transform = get_task_spec(config).transform or image_transform
-    out = {}
-    for role in splits:
-        train = role == "train"
-        split = d["train_split"] if train else d["val_split"]
-        out[role] = create_dataset(
-            d["name"],
-            split=split,
-            transform=make_transform(config, train) if transform else None,
-            **d["kwargs"],
-        )
-    return out
+    return {
+        role: build_split(config, role, make_transform(config, role == "train") if transform else None)
+        for role in splits
+    }
+
+
+def check_input_channels(config: Mapping[str, Any], model: nn.Module) -> None:
+    """One clear error when the model's first convolution does not take the channels the data gives."""
+    wanted = input_channels(config)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if wanted is None or first is None or first.in_channels == wanted:
+        return
+    source = "data.channels" if config["data"]["channels"] else "model.kwargs.in_chans"
+    raise ValueError(
+        f"the data gives {wanted}-channel images ({source}) but model {config['model']['name']!r} takes "
+        f"{first.in_channels} channels; set data.channels and model.kwargs.in_chans to the same value"
+    )
 
 
 def build_model(config: Mapping[str, Any], num_classes: int | None = None) -> nn.Module:
@@ -69,6 +81,7 @@ def build_model(config: Mapping[str, Any], num_classes: int | None = None) -> nn
     if m["pretrained_file"]:
         kwargs.update(pretrained=True, pretrained_file=m["pretrained_file"])
     model = create_model(m["name"], **kwargs)
+    check_input_channels(config, model)
     if m["checkpoint_path"]:
         load_model_weights(model, m["checkpoint_path"])
     return model
@@ -84,19 +97,28 @@ def build_trainer(
     dist: DistInfo | None = None,
     train: bool = True,
     model: nn.Module | None = None,
+    split: str = "val",
 ) -> Trainer:
-    """Model, datasets, task and trainer of a recipe (``train=False``: evaluation only).
+    """Model, datasets, task and trainer of a recipe.
 
-    ``model``: use this model (e.g. one :func:`visattn.inference.load_trained_model` loaded) instead of
-    building the recipe's.
+    ``train=True``: the training, selection (``val``) and, when the recipe has one, ``test`` datasets.
+    ``train=False``: evaluation only, on the role ``split`` (``"val"`` or ``"test"``). ``model``: use this
+    model (e.g. one :func:`visattn.inference.load_trained_model` loaded) instead of building the recipe's.
     """
     dist = dist or init_distributed()
     # Same seed on every rank before anything random is built: identical initial weights everywhere and
     # in every run of the recipe (per-rank seeds for augmentation are set by the trainer per epoch).
     seed_everything(config["train"]["seed"])
-    data = build_datasets(config, ("train", "val") if train else ("val",))
-    reference = data.get("train", data["val"])
+    if train:
+        roles = ("train", "val", "test") if config["data"]["test_split"] else ("train", "val")
+    else:
+        roles = (split,)
+    data = build_datasets(config, roles)
+    evaluated = data["val"] if train else data[split]
+    reference = data.get("train", evaluated)
     if model is None:
         model = build_model(config, num_classes_of(reference))
+    else:
+        check_input_channels(config, model)
     task = build_task(config, model, data.get("train"))
-    return Trainer(config, model, task, data.get("train"), data["val"], dist=dist)
+    return Trainer(config, model, task, data.get("train"), evaluated, dist=dist, test_set=data.get("test"))

@@ -10,6 +10,7 @@ Layout of a run directory (the names below are the constants of this module)::
                                          RNG states (loaded with ``torch.load(weights_only=True)``)
     checkpoints/last.txt                 name of the newest complete checkpoint
     best.safetensors                     weights (and EMA weights) of the best epoch by ``eval.metric``
+    test_metrics.json                    the test split's metrics with the best weights (data.test_split)
 
 A checkpoint is written to temporary files and renamed, then ``last.txt`` is updated, so an
 interrupted save never leaves a half-written "latest" checkpoint. ``train.keep_checkpoints`` keeps the
@@ -35,6 +36,7 @@ __all__ = [
     "CLASS_NAMES_FILE",
     "CONFIG_FILE",
     "LOG_FILE",
+    "TEST_METRICS_FILE",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -52,6 +54,7 @@ CLASS_NAMES_FILE = "class_names.json"
 LOG_FILE = "log.csv"
 CHECKPOINT_DIR = "checkpoints"
 BEST_FILE = "best.safetensors"
+TEST_METRICS_FILE = "test_metrics.json"
 EMA_PREFIX = "ema."
 
 
@@ -107,6 +110,12 @@ def load_model_weights(model: nn.Module, path: str | Path, ema: bool | None = No
     from visattn.models import read_state_dict
 
     path = Path(path)
+    if path.name.endswith(".state.pt"):
+        weights = path.with_name(path.name.replace(".state.pt", ".safetensors"))
+        raise ValueError(
+            f"{path} is a training-state file (optimizer, scheduler, RNG states), not weights; "
+            f"the weights of that checkpoint are {weights}"
+        )
     raw, averaged = split_ema(read_state_dict(path))
     if ema and not averaged:
         raise ValueError(f"{path}: no EMA weights ('ema.*' keys) in this file; load it without EMA")

@@ -13,6 +13,7 @@ the engine imports nothing above it.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from visattn.utils.distributed import DistInfo, init_distributed, seed_everything
+from visattn.utils.distributed import DistInfo, barrier, init_distributed, seed_everything
 
 from .checkpoint import (
     BEST_FILE,
@@ -36,8 +37,10 @@ from .checkpoint import (
     CLASS_NAMES_FILE,
     CONFIG_FILE,
     LOG_FILE,
+    TEST_METRICS_FILE,
     latest_checkpoint,
     load_checkpoint,
+    load_model_weights,
     model_state_for_saving,
     prune_checkpoints,
     save_best,
@@ -46,6 +49,7 @@ from .checkpoint import (
     unwrap_model,
 )
 from .optim import build_optimizer, build_scheduler
+from .tasks.base import describe_split
 
 __all__ = ["Trainer"]
 
@@ -69,6 +73,7 @@ class Trainer:
         val_set: Dataset | None,
         dist: DistInfo | None = None,
         callbacks: Sequence[Callable[[Trainer], Any]] = (),
+        test_set: Dataset | None = None,
     ) -> None:
         self.config = config
         self.dist = dist or init_distributed()
@@ -90,7 +95,7 @@ class Trainer:
                 self.ddp_model,
                 device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
             )
-        self.train_set, self.val_set = train_set, val_set
+        self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
         self.epochs = int(tcfg["epochs"])
         self.train_loader = self._loader(train_set, train=True) if train_set is not None else None
         steps = len(self.train_loader) if self.train_loader is not None else 1
@@ -117,6 +122,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.callbacks = list(callbacks)
         self.last_metrics: dict[str, Any] | None = None
+        self.test_metrics: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ data
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
@@ -173,6 +179,14 @@ class Trainer:
             if names is not None:
                 (self.out / CLASS_NAMES_FILE).write_text(json.dumps([str(n) for n in names]))
         logger = _Logger(self.out) if self.dist.is_main else None
+        if self.dist.is_main:
+            _LOG.info(
+                "data: train %s (%d samples); selection (eval.metric %s) %s (%s); test %s",
+                describe_split(self.config, "train"), len(self.train_set), self.config["eval"]["metric"],
+                describe_split(self.config, "val"), len(self.val_set) if self.val_set is not None else 0,
+                describe_split(self.config, "test")
+                + (f" ({len(self.test_set)}), evaluated once with the best weights" if self.test_set else ""),
+            )  # fmt: skip
         last: dict[str, Any] = {}
         stop = self.epochs if until_epoch is None else min(self.epochs, int(until_epoch))
         for epoch in range(self.start_epoch, stop):
@@ -198,13 +212,44 @@ class Trainer:
             last = row
         if logger is not None:
             logger.close()
+        result = {**last, "best": dict(self.best)}
+        if self.test_set is not None and stop == self.epochs:
+            result["test"] = self.evaluate_test()
         if self.dist.is_main:
             for callback in self.callbacks:
                 try:
                     callback(self)
                 except Exception as err:  # never lose a trained model to an end-of-fit extra
                     _LOG.warning("end-of-fit callback %s skipped: %s: %s", callback, type(err).__name__, err)
-        return {**last, "best": dict(self.best)}
+        return result
+
+    def evaluate_test(self) -> dict[str, Any]:
+        """The test split, once, with the best weights (``best.safetensors``; its EMA weights when it has
+        them); the final weights when no epoch was selected. Written to ``test_metrics.json``."""
+        barrier()  # the main process wrote best.safetensors
+        best = self.out / BEST_FILE
+        model, weights = self.model, "the final weights (no best epoch was selected)"
+        if self.best.get("epoch") is not None and best.is_file():
+            model = copy.deepcopy(unwrap_model(self.model))
+            used = load_model_weights(model, best)
+            weights = (
+                f"{BEST_FILE} ({'EMA' if used == 'ema' else 'model'} weights of epoch {self.best['epoch']}, "
+                f"{self.best.get('metric')} {self.best.get('value'):.6g} on the selection split)"
+            )
+        metrics = self.evaluate(model, self.test_set)
+        self.test_metrics = metrics
+        record = {
+            "split": describe_split(self.config, "test"),
+            "weights": weights,
+            **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        }
+        if self.dist.is_main:
+            path = self.out / TEST_METRICS_FILE
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(record, indent=2))
+            tmp.replace(path)
+            _LOG.info("test %s with %s: %s", record["split"], weights, _format_row(metrics))
+        return record
 
     def train_one_epoch(self, epoch: int) -> float:
         self.ddp_model.train()
@@ -262,7 +307,7 @@ class Trainer:
         model = model if model is not None else self.model
         dataset = dataset if dataset is not None else self.val_set
         loader = self._loader(dataset, train=False)
-        metric = self.task.metric_factory()
+        metric = self.task.metric_factory(dataset)
         was_training = model.training
         model.eval()
         for batch in _progress(loader, len(loader), "eval", self.dist):
@@ -369,7 +414,7 @@ class _Logger:
 
 
 def _format_row(row: dict[str, Any]) -> str:
-    parts = [f"epoch {row['epoch']}"]
+    parts = [f"epoch {row['epoch']}"] if "epoch" in row else []
     for key in ("train_loss", "lr", "mAP", "mA", "CF1", "OF1", "top1", "mIoU", "epoch_seconds"):
         if key in row:
             value = row[key]

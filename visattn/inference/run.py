@@ -152,8 +152,8 @@ class TrainedModel:
         return self.task in MULTILABEL_TASKS
 
     def read(self, path: str | Path) -> torch.Tensor:
-        """Decoded uint8 ``(C, H, W)`` image file with the model's channel count (errors name the file)."""
-        return load_image(path, self.input_size[0])
+        """Decoded uint8 RGB ``(3, H, W)`` image file, as datasets decode it (errors name the file)."""
+        return load_image(path)
 
     def input_of(self, path: str | Path) -> torch.Tensor:
         """The model input ``(C, h, w)`` of an image file: decoded and transformed as at evaluation."""
@@ -170,13 +170,14 @@ class TrainedModel:
         logits = logits.float()
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
-    def validation_set(self) -> Any:
-        """The recipe's validation split with its evaluation transform (items as ``visattn eval`` sees them)."""
+    def dataset(self, role: str = "val") -> Any:
+        """The recipe's ``val`` (selection) or ``test`` data with its evaluation transform (items as
+        ``visattn eval`` sees them)."""
         from visattn.engine.build import build_datasets
 
         if self.config is None:
-            raise ValueError("the validation split needs a recipe (--config, or a checkpoint of a run)")
-        return build_datasets(self.config, ("val",))["val"]
+            raise ValueError("the recipe's data needs a recipe (--config, or a checkpoint of a run)")
+        return build_datasets(self.config, (role,))[role]
 
     def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
         """The displayable ``[0, 1]`` image of a model input ``x (C, H, W)``."""
@@ -217,10 +218,9 @@ def _from_recipe(
     model = build_model(cfg, len(names) if names else None)
     if names is None:
         names = [str(i) for i in range(int(getattr(model, "num_classes", 0) or 0))]
-    channels = int(cfg["model"]["kwargs"].get("in_chans", 3))
     image_input = model_input_fn(cfg)
-    probe = image_input(torch.zeros(channels, 8, 8, dtype=torch.uint8))  # the model input's size
-    size = (channels, int(probe.shape[-2]), int(probe.shape[-1]))
+    probe = image_input(torch.zeros(3, 8, 8, dtype=torch.uint8))  # the model input's channels and size
+    size = (int(probe.shape[-3]), int(probe.shape[-2]), int(probe.shape[-1]))
     return model, names, image_input, size, cfg["task"]
 
 
@@ -239,7 +239,7 @@ def _from_name(
     side = int(img_size or h)
     mean = _per_channel(pcfg.get("mean", (0.0,) * channels), channels)
     std = _per_channel(pcfg.get("std", (1.0,) * channels), channels)
-    transform = build_transform(False, side, mean, std, kind="none")
+    transform = build_transform(False, side, mean, std, kind="none", channels=channels)
     names = list(class_names) if class_names is not None else None
     if names is None:
         names = [str(i) for i in range(int(getattr(model, "num_classes", 0) or 0))]
@@ -337,7 +337,7 @@ def example_input(loaded: TrainedModel, image: str | Path | None = None) -> tupl
         return loaded.input_of(image).unsqueeze(0), f"image {image}"
     if loaded.config is not None:
         try:
-            dataset = loaded.validation_set()
+            dataset = loaded.dataset("val")
             return dataset[0][0].unsqueeze(0), f"validation item 0 of {loaded.config['data']['name']}"
         except (OSError, ValueError, KeyError, ImportError) as err:
             warnings.warn(
@@ -348,10 +348,12 @@ def example_input(loaded: TrainedModel, image: str | Path | None = None) -> tupl
     return loaded.image_input(x).unsqueeze(0), "a pseudo-random image (seed 0)"
 
 
-def evaluate(loaded: TrainedModel) -> dict[str, Any]:
-    """Metrics of a loaded model on its recipe's validation split (what ``visattn eval`` prints)."""
+def evaluate(loaded: TrainedModel, split: str = "val", model: nn.Module | None = None) -> dict[str, Any]:
+    """Metrics of a loaded model (or ``model``, e.g. a wrapper of it) on its recipe's ``val`` (selection) or
+    ``test`` data (what ``visattn eval`` prints)."""
     from visattn.engine.build import build_trainer
 
     if loaded.config is None:
         raise ValueError("evaluation needs the recipe the model was trained with")
-    return build_trainer(loaded.config, train=False, model=loaded.model).evaluate()
+    model = model if model is not None else loaded.model
+    return build_trainer(loaded.config, train=False, model=model, split=split).evaluate()

@@ -183,7 +183,7 @@ def visualize_run(
             raise ValueError(
                 "--samples needs a recipe (--config, or a checkpoint with its run's config.json)"
             )
-        dataset = loaded.validation_set()
+        dataset = loaded.dataset("val")
         all_boxes = getattr(dataset, "boxes", None)
         for i in range(min(samples, len(dataset))):
             item = dataset[i]

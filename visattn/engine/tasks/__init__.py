@@ -6,9 +6,13 @@
 
 from . import classification, keypoints, multilabel, segmentation
 from .base import (
+    ROLES,
     TaskSpec,
+    build_split,
+    describe_split,
     get_task_spec,
     image_transform,
+    input_channels,
     list_tasks,
     model_input_fn,
     num_classes_of,
@@ -18,7 +22,11 @@ from .base import (
 from .multilabel import BranchOutputs, MultiLabelTask
 
 __all__ = [
+    "ROLES",
     "BranchOutputs",
+    "build_split",
+    "describe_split",
+    "input_channels",
     "MultiLabelTask",
     "TaskSpec",
     "classification",

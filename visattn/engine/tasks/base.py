@@ -1,7 +1,9 @@
 """The task registry: what a recipe's ``task:`` builds, and the image pipeline each task feeds its model.
 
 A task object has ``train_module(model)``, ``training_loss(model, batch, epoch) -> loss``,
-``evaluate_batch(model, batch, metric)``, ``metric_factory()`` and ``state_dict()/load_state_dict()``.
+``evaluate_batch(model, batch, metric)``, ``metric_factory(dataset=None)`` (a fresh metric for evaluating
+``dataset``: keypoint metrics score against that dataset's ground truth) and
+``state_dict()/load_state_dict()``.
 Each task module registers a :class:`TaskSpec`; :mod:`visattn.engine.tasks` imports them all, so every
 task name is known as soon as the package is imported.
 """
@@ -17,7 +19,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 __all__ = [
+    "ROLES",
     "TaskSpec",
+    "build_split",
+    "describe_split",
+    "input_channels",
     "get_task_spec",
     "image_transform",
     "list_tasks",
@@ -48,6 +54,8 @@ class TaskSpec:
 
 
 _TASKS: dict[str, TaskSpec] = {}
+#: The roles of a recipe's data: ``train``, ``val`` (selection: per-epoch evaluation) and ``test`` (once).
+ROLES = ("train", "val", "test")
 
 
 def register_task(name: str, spec: TaskSpec) -> None:
@@ -79,6 +87,53 @@ def task_options(config: Mapping[str, Any], task: str, known: Sequence[str]) -> 
     return options
 
 
+def input_channels(config: Mapping[str, Any]) -> int | None:
+    """Channels the model takes: ``data.channels``, else ``model.kwargs.in_chans``, else ``None`` (keep)."""
+    channels = config["data"]["channels"] or config["model"]["kwargs"].get("in_chans")
+    return int(channels) if channels is not None else None
+
+
+def describe_split(config: Mapping[str, Any], role: str) -> str:
+    """Which data a role reads, in words (logs, ``--output`` JSON)."""
+    d = config["data"]
+    if role == "test":
+        return f"split {d['test_split']!r}" if d["test_split"] else "none"
+    if role == "val" and d["val_split"] is None:
+        return (
+            f"{d['val_fraction']:g} of split {d['train_split']!r} held out "
+            f"(data.val_fraction, seed train.seed={config['train']['seed']})"
+        )
+    if role == "train" and d["val_split"] is None:
+        return f"split {d['train_split']!r} without its held-out {d['val_fraction']:g}"
+    return f"split {d['train_split'] if role == 'train' else d['val_split']!r}"
+
+
+def build_split(config: Mapping[str, Any], role: str, transform: Callable | None) -> Dataset:
+    """The dataset of one role (``train``, ``val``, ``test``) of a recipe, with ``transform``.
+
+    Without ``data.val_split`` the training split is divided by :func:`visattn.data.holdout_indices`
+    (``data.val_fraction``, seed ``train.seed``): ``train`` is the kept part, ``val`` the held-out part.
+    """
+    from visattn.data import HeldOut, create_dataset, holdout_indices
+
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    d = config["data"]
+    if role == "test" and not d["test_split"]:
+        raise ValueError("the recipe has no test split (data.test_split)")
+    split = {"train": d["train_split"], "val": d["val_split"], "test": d["test_split"]}[role]
+    if role in ("train", "val") and d["val_split"] is None:  # kept / held-out parts of the training split
+        if config["task"] == "keypoints":
+            raise ValueError(
+                "task keypoints needs data.val_split: its ground truth (COCO) is per split, so a held-out "
+                "part of the training split cannot be scored"
+            )
+        dataset = create_dataset(d["name"], split=d["train_split"], transform=transform, **d["kwargs"])
+        kept, held_out = holdout_indices(len(dataset), d["val_fraction"], config["train"]["seed"])
+        return HeldOut(dataset, kept if role == "train" else held_out, describe_split(config, role))
+    return create_dataset(d["name"], split=split, transform=transform, **d["kwargs"])
+
+
 def image_transform(config: Mapping[str, Any], train: bool) -> Callable:
     """The ``data`` section's image transform (classification-style tasks)."""
     from visattn.data import build_transform
@@ -93,6 +148,7 @@ def image_transform(config: Mapping[str, Any], train: bool) -> Callable:
         rrc_scale=d["rrc_scale"],
         rrc_ratio=d["rrc_ratio"],
         resize_before=d["resize_before"],
+        channels=input_channels(config),
     )
 
 

@@ -114,7 +114,7 @@ class SingleLabelTask:
     def train_module(self, model: nn.Module) -> nn.Module:
         return model
 
-    def metric_factory(self) -> ClassificationMetrics:
+    def metric_factory(self, dataset: Dataset | None = None) -> ClassificationMetrics:
         return ClassificationMetrics(self.num_classes, self.topk, class_names=self.class_names)
 
     @staticmethod

@@ -50,7 +50,7 @@ from visattn.metrics.keypoints import (
     require_cocoeval,
 )
 
-from .base import TaskSpec, register_task, task_options
+from .base import TaskSpec, build_split, input_channels, register_task, task_options
 
 __all__ = ["KeypointTask", "joints_mse_loss"]
 
@@ -122,7 +122,7 @@ class KeypointTask:
             use_nms,
             pck_alpha,
         )
-        self._gt = None
+        self._gt: dict[int, Any] = {}  # COCO ground truth per evaluated dataset
 
     def reference(self):
         """The evaluation dataset (source of ``coco_gt()``, ``sigmas``, ``flip_pairs``), built on first use."""
@@ -176,14 +176,15 @@ class KeypointTask:
             norms=meta["norm"],
         )
 
-    def metric_factory(self) -> KeypointMetrics:
-        ref = self.reference()
-        if self._gt is None and ref is not None and hasattr(ref, "coco_gt"):
-            self._gt = ref.coco_gt()
+    def metric_factory(self, dataset=None) -> KeypointMetrics:
+        """A metric scored against ``dataset``'s ground truth (default: the validation split's)."""
+        ref = dataset if dataset is not None else self.reference()
+        if id(ref) not in self._gt and ref is not None and hasattr(ref, "coco_gt"):
+            self._gt[id(ref)] = ref.coco_gt()
         sigmas = getattr(ref, "sigmas", None)
         kwargs = {"sigmas": sigmas} if sigmas is not None else {}
         return KeypointMetrics(
-            self._gt,
+            self._gt.get(id(ref)),
             in_vis_thresh=self.in_vis_thresh,
             oks_thresh=self.oks_thresh,
             use_nms=self.use_nms,
@@ -229,6 +230,7 @@ def keypoint_transform(config: Mapping[str, Any], train: bool) -> TopDownTransfo
         rotation_prob=tk.get("rotation_prob", 0.6),
         flip=tk.get("flip", 0.5),
         quantize=tk.get("quantize", False),
+        channels=input_channels(config),
     )
 
 
@@ -237,12 +239,9 @@ def build_keypoint_task(config: Mapping[str, Any], model: nn.Module, train_set) 
     if config["eval"]["metric"] in STATS_NAMES:
         require_cocoeval()  # fail now, with the install hint, rather than after the first epoch
     inp, hm = _sizes(config)
-    d = config["data"]
 
     def reference():
-        from visattn.data import create_dataset
-
-        return create_dataset(d["name"], split=d["val_split"], transform=None, **d["kwargs"])
+        return build_split(config, "val", transform=None)
 
     return KeypointTask(
         inp,

@@ -52,9 +52,13 @@ class MultiLabelTask:
         self, loss: nn.Module, metric_factory: Callable[[], Any], mask_ignored: bool = False
     ) -> None:
         self.loss = loss
-        self.metric_factory = metric_factory
+        self._metric_factory = metric_factory
         self.mask_ignored = mask_ignored
         self.needs_branches = bool(getattr(loss, "needs_branches", False))
+
+    def metric_factory(self, dataset: Dataset | None = None) -> Any:
+        """A fresh accumulating metric (the same for every evaluated dataset)."""
+        return self._metric_factory()
 
     def train_module(self, model: nn.Module) -> nn.Module:
         """The module the trainer calls (and wraps in DDP) for training steps."""
@@ -102,7 +106,8 @@ def _build_loss(config: Mapping[str, Any], model: nn.Module, train_set: Dataset 
     if key in ("focal", "weighted_focal", "vaa") and kwargs.get("prior") is None and targets is not None:
         kwargs["prior"] = positive_prior(targets, masks)  # attribute frequencies of the training split
     if key in ("vaa", "history_weighted") and train_set is not None:
-        kwargs.setdefault("num_samples", len(train_set))
+        # Items carry dataset indices: a held-out training part keeps the whole split's index space.
+        kwargs.setdefault("num_samples", getattr(train_set, "num_indices", len(train_set)))
     if key == "history_weighted" and targets is not None:
         kwargs.setdefault("num_classes", int(targets.shape[1]))
     if key == "vaa":

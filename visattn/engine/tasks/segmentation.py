@@ -38,7 +38,7 @@ from visattn.data.joint_transforms import build_segmentation_transform
 from visattn.metrics.segmentation import SegmentationMetrics
 from visattn.models.segmentation import segment
 
-from .base import TaskSpec, register_task, task_options
+from .base import TaskSpec, input_channels, register_task, task_options
 
 __all__ = ["SegmentationTask", "ohem_cross_entropy"]
 
@@ -140,7 +140,7 @@ class SegmentationTask:
         logits = self.predict(model, images, masks.shape[-2:])
         metric.update(logits.argmax(1), masks)
 
-    def metric_factory(self) -> SegmentationMetrics:
+    def metric_factory(self, dataset=None) -> SegmentationMetrics:
         return SegmentationMetrics(self.num_classes, self.ignore_index, self.class_names)
 
     def state_dict(self) -> dict[str, Any]:
@@ -169,6 +169,7 @@ def segmentation_transform(config: Mapping[str, Any], train: bool):
         ignore_index=tk.get("ignore_index", 255),
         pad_to=tk.get("eval_pad_to"),
         eval_scale=tk.get("eval_scale", 1.0),
+        channels=input_channels(config),
     )
 
 
