@@ -106,6 +106,7 @@ def test_recipe_builds(recipe, data_root, tmp_path):
     task = build_task(config, model, data["train"])
     assert task.num_classes == num_classes_of(data["train"])
     noise = config["data"]["kwargs"].get("label_noise")
+
     # Selection uses a held-out part of the (noisy) training split, as a user with noisy labels would; the
     # test split is clean.
     def kind(dataset):

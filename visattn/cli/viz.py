@@ -99,7 +99,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--evaluate",
         action="store_true",
-        help="evaluate best.safetensors on the validation split for the per-class chart / confusion matrix",
+        help="evaluate best.safetensors on the test (else selection) split for the per-class chart / confusion matrix",
     )
     add_threads(p)
     p.set_defaults(func=_cmd_report)

@@ -13,8 +13,8 @@
   ``confusion_matrix`` or from ``predictions`` + ``targets`` (single-label).
 
 The per-class and confusion figures need a metrics dict: pass the one a task's metric ``compute()`` returned
-(the trainer hook passes the last epoch's), or ``evaluate=True`` to evaluate the run's ``best.safetensors``
-on its validation split first. Matplotlib's object API only (no pyplot, no backend switch).
+(the ``visattn train`` hook passes the test split's, else the last epoch's), or ``evaluate=True`` to evaluate
+the run's ``best.safetensors`` on its test (else selection) split first. Matplotlib's object API only (no pyplot, no backend switch).
 """
 
 from __future__ import annotations
@@ -250,12 +250,13 @@ def plot_confusion_matrix(
 def evaluate_run(
     run_dir: str | Path, checkpoint: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """Metrics dict (with per-class values) of a run's best checkpoint on its validation split."""
+    """Metrics dict (with per-class values) of a run's best checkpoint on its test split (the selection split
+    when the recipe has no test split)."""
     run = RunDir(Path(run_dir))
     loaded = load_trained_model(
         run.checkpoint(checkpoint or "best"), config=run.config_file, overrides=overrides
     )
-    return evaluate(loaded)
+    return evaluate(loaded, "test" if loaded.config["data"]["test_split"] else "val")
 
 
 def write_training_report(
