@@ -203,7 +203,7 @@ def test_builder_validates_options(tmp_path):
     assert task.num_classes == 4 and task.criterion.smoothing == 0.1
     with pytest.raises(ValueError, match=r"unknown task_kwargs \['smooth'\]"):
         build_classification_task(_config(tmp_path, "task_kwargs={smooth: 0.1}"), model, None)
-    with pytest.raises(ValueError, match="eval.metric 'mAP' is not a classification metric"):
+    with pytest.raises(ValueError, match="'eval.metric': 'mAP' is not a metric of task 'classification'"):
         build_classification_task(_config(tmp_path, "eval.metric=mAP"), model, None)
 
 

@@ -222,3 +222,11 @@ def test_malformed_files_name_the_file(tmp_path):
         CIFAR10(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         CIFAR10(tmp_path, "val")
+
+
+def test_empty_batch_is_refused(tmp_path):
+    write_cifar10(tmp_path)
+    empty = {b"batch_label": b"x", b"data": np.zeros((0, 3072), np.uint8), b"labels": [], b"filenames": []}
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(py2_pickle(empty))
+    with pytest.raises(AnnotationError, match=r"test_batch: no samples \(the batch files hold 0 images\)"):
+        CIFAR10(tmp_path, "test")

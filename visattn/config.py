@@ -18,7 +18,10 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "AT_LEAST",
+    "CHOICES",
     "DEFAULTS",
+    "FRACTIONS",
     "ConfigError",
     "apply_overrides",
     "load_config",
@@ -105,6 +108,66 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"metric": "mAP", "mode": "max", "every": 1, "threshold": 0.5, "preset": None},
     "output": "runs/default",
 }
+
+
+# Ranges checked when a recipe loads (an int key must hold an integer): ``key: (minimum, integer)``.
+AT_LEAST: dict[str, tuple[float, bool]] = {
+    "data.img_size": (1, True),
+    "data.batch_size": (1, True),
+    "data.eval_batch_size": (1, True),
+    "data.workers": (0, True),
+    "data.resize_before": (1, True),
+    "train.epochs": (1, True),
+    "train.max_steps_per_epoch": (1, True),
+    "train.log_interval": (0, True),
+    "train.keep_checkpoints": (1, True),
+    "train.seed": (0, True),
+    "eval.every": (1, True),
+    "optim.lr": (0, False),
+    "optim.weight_decay": (0, False),
+    "optim.head_lr_mult": (0, False),
+    "optim.clip_grad": (0, False),
+    "sched.warmup_epochs": (0, False),
+    "sched.decay_epochs": (0, False),
+    "sched.min_lr": (0, False),
+    "sched.warmup_lr": (0, False),
+}
+# Keys whose value lies strictly between 0 and 1 (or in [0, 1] for the threshold).
+FRACTIONS = {"data.val_fraction": False, "train.ema_decay": False, "eval.threshold": True}
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "train.amp_dtype": ("bfloat16", "float16"),
+    "eval.mode": ("max", "min"),
+    "data.channels": (None, 1, 3),
+}
+
+
+def _check_values(config: Mapping[str, Any], where: str) -> None:
+    def value(key: str) -> Any:
+        section, name = key.split(".")
+        return config[section][name]
+
+    for key, (low, integer) in AT_LEAST.items():
+        v = value(key)
+        if v is None:
+            continue
+        if integer and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ConfigError(f"{where}: key {key!r}: expected an integer, got {v!r}")
+        if v < low:
+            raise ConfigError(f"{where}: key {key!r}: expected a value >= {low}, got {v!r}")
+    for key, closed in FRACTIONS.items():
+        v = value(key)
+        if v is not None and not (0 <= v <= 1 if closed else 0 < v < 1):
+            span = "[0, 1]" if closed else "(0, 1), both ends excluded"
+            raise ConfigError(f"{where}: key {key!r}: expected a value in {span}, got {v!r}")
+    for key, allowed in CHOICES.items():
+        if value(key) not in allowed:
+            raise ConfigError(f"{where}: key {key!r}: expected one of {list(allowed)}, got {value(key)!r}")
+    for key in ("data.mean", "data.std"):
+        v = value(key)
+        if not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise ConfigError(f"{where}: key {key!r}: expected a non-empty list of numbers, got {v!r}")
+    if any(s <= 0 for s in config["data"]["std"]):
+        raise ConfigError(f"{where}: key 'data.std': every value must be > 0, got {config['data']['std']!r}")
 
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,14 +295,7 @@ def load_config(
     for section, key in (("model", "name"), ("data", "name")):
         if not config[section][key]:
             raise ConfigError(f"{where}: key '{section}.{key}' is required")
-    if config["data"]["channels"] not in (None, 1, 3):
-        raise ConfigError(
-            f"{where}: key 'data.channels': expected 1 (grey) or 3 (RGB), got {config['data']['channels']!r}"
-        )
-    if config["eval"]["mode"] not in ("max", "min"):
-        raise ConfigError(
-            f"{where}: key 'eval.mode': expected 'max' or 'min', got {config['eval']['mode']!r}"
-        )
+    _check_values(config, where)
     return config
 
 

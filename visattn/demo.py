@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         )
         trainer = build_trainer(config)
         start = time.perf_counter()
-        final = trainer.fit()
+        final = trainer.fit(overwrite=True)  # the demo always starts from scratch
         seconds = time.perf_counter() - start
         load_model_weights(trainer.model, Path(config["output"]) / BEST_FILE)  # the weights the test scored
         trainers[name] = trainer

@@ -22,6 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from visattn.engine.trainer import TrainingDivergedError
 from visattn.utils.logs import log_to_stderr
 
 from . import bench, export, models, predict, train, viz
@@ -46,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         apply_threads(args)
         return args.func(args)
+    except TrainingDivergedError as err:
+        print(f"visattn {args.command}: {err}", file=sys.stderr)
+        return 3
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
         print(f"visattn {args.command}: error: {err}", file=sys.stderr)
         return 2

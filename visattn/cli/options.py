@@ -88,6 +88,11 @@ def add_run_options(p: argparse.ArgumentParser, recipe_flag: bool = True, model_
     add_threads(p)
     p.add_argument("--img-size", type=int, default=None, help="square input side (default: the recipe's)")
     p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load weights holding NaN/infinity (refused by default: they come from a diverged run)",
+    )
+    p.add_argument(
         "--no-ema",
         dest="ema",
         action="store_const",
@@ -122,6 +127,7 @@ def load_run(
         overrides=args.set,
         img_size=args.img_size,
         ema=args.ema,
+        allow_nonfinite=args.allow_nonfinite,
     )
     if path is not None:
         _LOG.info("loaded %s weights from %s", loaded.weights, path)

@@ -49,7 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     trainer = build_trainer(config)
     trainer.callbacks.append(write_report_at_end)
-    result = trainer.fit(resume=args.resume)
+    result = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     if trainer.dist.is_main:
         best = result.get("best", {})
         text = f"done: {config['output']} (best {best.get('metric')} {best.get('value')} at epoch {best.get('epoch')}"
@@ -181,6 +181,11 @@ def add_parsers(sub: Any) -> None:
     add_set(p)
     p.add_argument(
         "--resume", nargs="?", const="auto", default=None, help="resume: a checkpoint, or the run's latest"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous run in the output folder (default: refuse)",
     )
     add_allocator(p)
     add_threads(p)

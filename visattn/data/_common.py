@@ -2,7 +2,9 @@
 
 Every loader parses **all** annotations eagerly in its constructor and raises one clear error for malformed
 input (:class:`AnnotationError`, a ``ValueError`` naming the file and the line or key, or
-``FileNotFoundError`` naming the missing path), so nothing fails late inside a ``DataLoader`` worker. Images
+``FileNotFoundError`` naming the missing path), so nothing fails late inside a ``DataLoader`` worker. A split
+without samples is such an error too (:func:`require_samples`: training would "succeed" on nothing), and so
+is an image listed twice (:class:`UniqueNames`, :func:`check_unique`: it would be weighted twice). Images
 are read lazily; a missing or undecodable image raises an error naming its path (``check_files=True``
 checks that every image exists at construction).
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,77 @@ def read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
             return [(n, s.strip()) for n, s in enumerate(f, 1) if s.strip()]
     except UnicodeDecodeError as err:
         raise AnnotationError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def read_id_list(path: str | os.PathLike, split: str | None = None, what: str = "image id") -> list[str]:
+    """One id per non-blank line (VOC ``ImageSets`` lists). A repeated id is an error naming both lines (it
+    would silently weight that image twice), and so is a list without ids (the split would train on nothing)."""
+    path = require_file(path, "split list")
+    lines = read_lines(path)
+    for n, line in lines:
+        if len(line.split()) != 1:
+            raise AnnotationError(path, f"expected one {what} per line, got {line!r}", line=n)
+    require_samples(len(lines), path, split, f"empty split list; expected one {what} per line")
+    check_unique([line for _, line in lines], path, what, lines=[n for n, _ in lines])
+    return [line for _, line in lines]
+
+
+# ------------------------------------------------------------------------------------- sample checks
+class UniqueNames:
+    """Refuses a name seen before (an image listed twice would be sampled and weighted twice, and a second
+    label row for it would silently disagree with the first). Each name is remembered with where it was
+    found (``line`` or ``key``) so the error names both places."""
+
+    def __init__(self, file: str | os.PathLike, what: str = "image") -> None:
+        self.file, self.what = file, what
+        self.seen: dict[str, str] = {}
+
+    def add(self, name: str, *, line: int | None = None, key: str | None = None) -> None:
+        if name in self.seen:
+            raise AnnotationError(
+                self.file, f"duplicate {self.what} {name!r} (first at {self.seen[name]})", line=line, key=key
+            )
+        self.seen[name] = (
+            f"line {line}" if line is not None else f"key {key}" if key is not None else "an earlier entry"
+        )
+
+
+def check_unique(
+    names: Iterable[str],
+    file: str | os.PathLike,
+    what: str = "image",
+    *,
+    lines: Sequence[int] | None = None,
+    key: str | None = None,
+) -> None:
+    """:class:`UniqueNames` over a whole list; positions are the file's ``lines`` when the format has lines,
+    else 0-based indices into ``key`` (``key[i]``)."""
+    unique = UniqueNames(file, what)
+    for i, name in enumerate(names):
+        if lines is not None:
+            unique.add(name, line=lines[i])
+        else:
+            unique.add(name, key=f"{key}[{i}]" if key is not None else f"[{i}]")
+
+
+def require_samples(
+    count: int,
+    file: str | os.PathLike | None,
+    split: str | None = None,
+    hint: str = "",
+    *,
+    key: str | None = None,
+) -> None:
+    """Refuse an empty dataset at construction: a loader that returns 0 samples would let training "succeed"
+    on nothing (and metrics over no samples are NaN or 0). ``file`` names the annotation file the samples come
+    from; ``hint`` says what to check."""
+    if count > 0:
+        return
+    message = f"no samples in split {split!r}" if split is not None else "no samples"
+    message += f" ({hint})" if hint else ""
+    if file is None:
+        raise ValueError(message)
+    raise AnnotationError(file, message, key=key)
 
 
 # --------------------------------------------------------------------------------------- MATLAB files
@@ -221,7 +294,9 @@ def select_split(
     """Row indices for ``split`` (``trainval`` = train then val) or an explicit 0-based ``indices`` list."""
     if indices is not None:
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
+        if not rows.size:
+            raise ValueError(f"indices selects no rows of {file}; give at least one 0-based row")
+        if rows.min() < 0 or rows.max() >= n:
             raise ValueError(f"indices must lie in 0..{n - 1} (the {n} rows of {file})")
         if len(np.unique(rows)) != len(rows):
             raise ValueError("indices contain duplicates")
@@ -305,6 +380,9 @@ class MultiLabelDataset(Dataset):
         train_ignore_value: training target for ignored (0) labels; default 0 (trained as negatives).
         box_policy: ``'clamp'`` or ``'csra'`` (see :func:`crop_box`).
         check_files: check at construction that every image file exists.
+        source: the annotation file (or folder) the samples were read from; named in the error raised when
+            there are no samples (an empty split is refused at construction, see :func:`require_samples`).
+        split: the split's name, for that error.
 
     Attributes: ``paths``, ``class_names``, ``labels`` (int8 ``(N, C)``, also ``ternary``), ``targets``
     (float32 ``(N, C)``), ``masks`` (bool ``(N, C)``, the evaluation masks), ``boxes`` (list or ``None``).
@@ -321,7 +399,10 @@ class MultiLabelDataset(Dataset):
         train_ignore_value: float = 0.0,
         box_policy: str = "clamp",
         check_files: bool = False,
+        source: str | os.PathLike | None = None,
+        split: str | None = None,
     ) -> None:
+        require_samples(len(paths), source, split)
         labels = np.asarray(labels)
         if labels.ndim != 2 or labels.shape != (len(paths), len(class_names)):
             raise ValueError(

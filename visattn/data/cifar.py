@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._common import AnnotationError, require_dir, require_file, to_float
+from ._common import AnnotationError, require_dir, require_file, require_samples, to_float
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -150,6 +150,7 @@ class _CIFAR(Dataset):
         self, files: list[Path], names: list[str], label_key: str, transform: Callable | None
     ) -> None:
         parts = [_batch(f, label_key, len(names)) for f in files]
+        require_samples(sum(len(p[1]) for p in parts), files[0], hint="the batch files hold 0 images")
         self.images = torch.from_numpy(np.concatenate([p[0] for p in parts]).copy())
         self.targets = torch.from_numpy(np.concatenate([p[1] for p in parts]))
         self.class_names = names

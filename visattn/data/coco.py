@@ -12,7 +12,7 @@ Class order: ``class_order='id'`` (default, ascending category id = CSRA) or ``'
 permuted to the other.
 
 Differences from the reference loaders: duplicate image/category ids, annotations pointing at unknown images
-or categories and malformed entries are errors (pycocotools silently overwrites duplicates). Samples follow
+or categories, malformed entries and a split left without samples (no image annotated) are errors (pycocotools silently overwrites duplicates). Samples follow
 the order of the JSON ``images`` list.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import AnnotationError, MultiLabelDataset, read_json
+from ._common import AnnotationError, MultiLabelDataset, read_json, require_samples
 
 __all__ = ["COCO2014", "parse_coco_instances"]
 
@@ -138,8 +138,24 @@ class COCO2014(MultiLabelDataset):
         )
         images = Path(image_dir) if image_dir else root_path / f"{split}2014"
         files, labels, names, cat_ids, image_ids = parse_coco_instances(ann, class_order, keep_empty)
+        # Say why the split is empty: images dropped for lacking an annotation are the surprising case.
+        require_samples(
+            len(files),
+            ann,
+            split,
+            "the 'images' list is empty"
+            if keep_empty
+            else "no image in 'images' has an annotation; images without one are dropped "
+            "(keep_empty=True keeps them as all-negative)",
+        )
         self.split, self.class_order = split, class_order
         self.image_ids, self.category_ids = image_ids, cat_ids
         super().__init__(
-            [str(images / f) for f in files], labels, names, transform=transform, check_files=check_files
+            [str(images / f) for f in files],
+            labels,
+            names,
+            transform=transform,
+            check_files=check_files,
+            source=ann,
+            split=split,
         )

@@ -10,10 +10,13 @@ follow the contract of its task (multi-label: ``(image, target, eval_mask, index
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from torch.utils.data import Dataset
+
+from visattn.utils.errors import unexpected_keyword, unknown_option_message
 
 __all__ = ["register_dataset", "create_dataset", "list_datasets"]
 
@@ -29,9 +32,31 @@ def list_datasets() -> list[str]:
 
 
 def create_dataset(name: str, split: str, transform: Callable | None = None, **kwargs: Any) -> Dataset:
+    """The dataset ``name`` (``data.name``) of ``split`` with ``kwargs`` (``data.kwargs``); an unknown option
+    is one error naming it and the closest valid ones."""
     if name not in _DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {list_datasets()}")
-    return _DATASETS[name](split=split, transform=transform, **kwargs)
+    try:
+        return _DATASETS[name](split=split, transform=transform, **kwargs)
+    except TypeError as err:
+        unknown = unexpected_keyword(err)
+        if unknown is None or unknown not in kwargs:
+            raise
+        message = unknown_option_message(f"dataset {name!r} (data.kwargs)", unknown, dataset_options(name))
+        raise ValueError(message) from None
+
+
+def dataset_options(name: str) -> list[str]:
+    """The ``data.kwargs`` a registered dataset accepts (its builder's and its class's keyword arguments)."""
+    options: set[str] = set()
+    builder = _DATASETS[name]
+    for fn in (builder, getattr(builder, "wrapped", None), getattr(builder, "dataset_class", lambda: None)()):
+        if fn is None:
+            continue
+        target = fn.__init__ if inspect.isclass(fn) else fn
+        params = inspect.signature(target).parameters.values()
+        options |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return sorted(options - {"self", "split", "transform"})
 
 
 def _per_split(split: str, kwargs: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -49,11 +74,14 @@ def _class_builder(module: str, cls_name: str, per_split: tuple[str, ...] = ()) 
     """``builder(split=, transform=, **kwargs)`` of ``visattn.data.<module>.<cls_name>``, imported on first use
     (so that listing the registry imports no dataset module)."""
 
+    def dataset_class() -> type:
+        return getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)
+
     def build(split: str, transform=None, **kwargs: Any) -> Dataset:
-        cls = getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)
-        return cls(split=split, transform=transform, **_per_split(split, kwargs, per_split))
+        return dataset_class()(split=split, transform=transform, **_per_split(split, kwargs, per_split))
 
     build.__qualname__ = build.__name__ = f"build_{cls_name}"
+    build.dataset_class = dataset_class  # type: ignore[attr-defined]
     return build
 
 
@@ -114,6 +142,7 @@ def _with_label_noise(build: Callable[..., Dataset]) -> Callable[..., Dataset]:
         return apply_label_noise(build(split=split, transform=transform, **kwargs), split, label_noise)
 
     builder.__doc__ = build.__doc__
+    builder.wrapped = build  # type: ignore[attr-defined]
     return builder
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._common import AnnotationError, require_dir, require_file, to_float
+from ._common import AnnotationError, require_dir, require_file, require_samples, to_float
 
 __all__ = ["FASHION_MNIST_CLASSES", "IDXDataset", "read_idx"]
 
@@ -88,7 +88,8 @@ class IDXDataset(Dataset):
         classes: Sequence[str] = tuple(str(i) for i in range(10)),
         transform: Callable[[torch.Tensor], Any] | None = None,
     ) -> None:
-        if labels is None:
+        folder = labels is None
+        if folder:
             if split not in ("train", "test"):
                 raise ValueError(f"split must be 'train' or 'test', got {split!r}")
             root = require_dir(images, "IDX folder")
@@ -104,6 +105,7 @@ class IDXDataset(Dataset):
             raise AnnotationError(labels, f"expected (N,) uint8 labels, got {y.shape} {y.dtype}")
         if len(x) != len(y):
             raise AnnotationError(labels, f"{len(y)} labels for {len(x)} images in {images}")
+        require_samples(len(x), images, split if folder else None, "the IDX file holds 0 images")
         if len(y) and int(y.max()) >= len(classes):
             raise AnnotationError(labels, f"label {int(y.max())} out of range for {len(classes)} classes")
         self.images = torch.from_numpy(x.copy())

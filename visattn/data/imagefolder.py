@@ -2,7 +2,8 @@
 
 Layout: ``root/<class_name>/**/<file>``. Classes are the immediate sub-folders of ``root`` sorted in Python
 string order, indexed ``0..K-1`` (torchvision's rule, so ImageNet's ``n01440764 …`` folders give the usual
-indices). Files are found recursively (symbolic links followed) and kept if their extension is one of
+indices). Files are found recursively (symbolic links followed, each real folder listed once so that a link
+to an ancestor cannot loop or count images twice) and kept if their extension is one of
 :data:`IMG_EXTENSIONS` (case-insensitive); hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are
 skipped. Other files are ignored (``strict=False``, default, as torchvision) or are an error naming the file
 (``strict=True``). Everything is listed eagerly in the constructor: a missing root, a root without class
@@ -20,26 +21,84 @@ sorted into class folders (the usual ``valprep.sh`` layout).
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from ._common import AnnotationError, load_image, require_dir, to_float
+from ._common import AnnotationError, load_image, require_dir, require_samples, to_float
 
 __all__ = ["IMG_EXTENSIONS", "ImageFolder"]
+
+_LOG = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def _walk(folder: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+def _dir_id(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the directory ``path`` resolves to (links followed); ``None`` if unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _own_folders(folder: Path) -> set[tuple[int, int] | None]:
+    """Ids of ``folder`` and of the non-hidden folders below it reached without following a link."""
+    own = set()
+    for dirpath, dirnames, _ in os.walk(folder):  # links below ``folder`` not followed
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        own.add(_dir_id(dirpath))
+    return own
+
+
+def _walk(folder: Path, claimed: set[tuple[int, int] | None]) -> Iterator[Path]:
+    """Files under ``folder`` in ``os.walk`` order (sorted; a folder's files before its sub-folders), hidden
+    entries skipped, symbolic links followed.
+
+    ``claimed`` holds the folders already accounted for (the root and every class folder's own tree, see
+    :func:`_own_folders`); a folder reached through a link that is claimed (an ancestor, which would loop
+    until the path length limit and multiply the samples, a second link to one folder, or another class's
+    folder, which would relabel its images) is skipped with a warning naming the link, and a folder reached
+    through a link is claimed when listed. Every image file thus counts once, under its own class.
+    """
+
+    def visit(path: str, linked: bool) -> Iterator[Path]:
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:  # unreadable folder: skipped, as os.walk does
+            return
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links, as os.walk does
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(entry)
+            else:
+                yield Path(path) / entry.name
+        for entry in subdirs:
+            via_link = linked or entry.is_symlink()
+            if via_link:
+                ident = _dir_id(entry.path)
+                if ident in claimed:
+                    _LOG.warning(
+                        "%s: skipped, it leads to the folder %s, whose images are listed once already",
+                        entry.path,
+                        os.path.realpath(entry.path),
+                    )
+                    continue
+                claimed.add(ident)
+            yield from visit(entry.path, via_link)
+
+    yield from visit(str(folder), False)
 
 
 class ImageFolder(Dataset):
@@ -77,10 +136,23 @@ class ImageFolder(Dataset):
             missing = [c for c in names if c not in found]
             if missing:
                 raise FileNotFoundError(2, f"class folders {missing} not found", str(root / missing[0]))
+        # Every real folder is listed once (see _walk): claim the root and each class's own tree first.
+        owner: dict[tuple[int, int] | None, str] = {_dir_id(str(root)): "the root"}
+        for name in names:
+            own = _own_folders(root / name)
+            shared = [owner[i] for i in own if i is not None and i in owner]
+            if shared:
+                raise AnnotationError(
+                    root / name,
+                    f"class folder {name!r} shares a folder with {shared[0]} (through a link); its images "
+                    "would be listed under two classes",
+                )
+            owner.update(dict.fromkeys(own, f"the class folder {name!r}"))
+        claimed = set(owner)
         samples: list[tuple[str, int]] = []
         for label, name in enumerate(names):
             files = []
-            for path in _walk(root / name):
+            for path in _walk(root / name, claimed):
                 if path.suffix.lower() in exts:
                     files.append(str(path))
                 elif strict:
@@ -90,6 +162,7 @@ class ImageFolder(Dataset):
                     root / name, f"class folder {name!r} holds no image file (extensions {list(exts)})"
                 )
             samples += [(f, label) for f in files]
+        require_samples(len(samples), root, hint="classes=[] selects no class folder")
         if verify:
             from PIL import Image
 

@@ -22,7 +22,9 @@ COCO and WIDER trainval files, ``'csra_wider_test'`` for the WIDER test file (1 
 unspecified -> ignore).
 
 Rules: paths are relative to ``root`` (default: the annotation file's folder) with ``/`` separators; duplicate
-paths, unknown class names and values outside the encoding are errors naming the file and line or key.
+paths, unknown class names, values outside the encoding, a file without samples (a CSV with only its header)
+and, for JSON, a key of the wrong type (``metainfo`` not a mapping, ``data_list`` not a list, an entry without
+its image path, ``gt_label`` not a list) are errors naming the file and line or key.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from ._common import AnnotationError, MultiLabelDataset, parse_box, read_json, require_file
+from ._common import (
+    AnnotationError,
+    MultiLabelDataset,
+    UniqueNames,
+    parse_box,
+    read_json,
+    require_file,
+    require_samples,
+)
 
 __all__ = ["MultiLabelCSV", "MultiLabelJSON"]
 
@@ -52,6 +62,13 @@ def _encoding(encoding: str, allowed: Sequence[str]) -> dict[int, int]:
     return _ENCODINGS[encoding]
 
 
+def _kind(value: Any) -> str:
+    """JSON type name of a parsed value, for "expected X, got a list" messages."""
+    return {dict: "mapping", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__
+    )
+
+
 class _Rows:
     """Collects (path, ternary row, box) with duplicate-path detection."""
 
@@ -60,15 +77,13 @@ class _Rows:
         self.paths: list[str] = []
         self.rows: list[np.ndarray] = []
         self.boxes: list[Any] = []
-        self.seen: dict[str, str] = {}
+        self.unique = UniqueNames(file, "path")
 
     def add(self, path: Any, row: np.ndarray, where: dict, box=None) -> None:
         if not isinstance(path, str) or not path.strip():
             raise AnnotationError(self.file, f"expected a non-empty image path, got {path!r}", **where)
         path = path.strip()
-        if path in self.seen:
-            raise AnnotationError(self.file, f"duplicate path {path!r} (first at {self.seen[path]})", **where)
-        self.seen[path] = ", ".join(f"{k} {v}" for k, v in where.items())
+        self.unique.add(path, **where)
         self.paths.append(str(self.root / path))
         self.rows.append(row)
         self.boxes.append(box)
@@ -133,6 +148,7 @@ class MultiLabelCSV(MultiLabelDataset):
             names = self._list_layout(file, header, lines[1:], out, classes, encoding)
         else:
             names = self._wide_layout(file, header, lines[1:], out, classes, values)
+        require_samples(len(out.paths), file, hint="only a header; expected one row per image after it")
         self.encoding = encoding
         super().__init__(
             out.paths,
@@ -141,6 +157,7 @@ class MultiLabelCSV(MultiLabelDataset):
             transform=transform,
             train_ignore_value=train_ignore_value,
             check_files=check_files,
+            source=file,
         )
 
     @staticmethod
@@ -233,8 +250,11 @@ class MultiLabelJSON(MultiLabelDataset):
         out = _Rows(file, Path(root) if root is not None else file.parent)
         if format == "csra":
             names = self._csra(file, data, out, _encoding(encoding, tuple(_ENCODINGS)), classes)
+            require_samples(len(out.paths), file, hint="the list is empty")
         else:
             names = self._named(file, data, out, format)
+            skey = "data_list" if format == "mmpretrain" else "samples"
+            require_samples(len(out.paths), file, hint="the list is empty", key=skey)
         boxes = out.boxes if any(b is not None for b in out.boxes) else None
         self.format = format
         super().__init__(
@@ -246,6 +266,7 @@ class MultiLabelJSON(MultiLabelDataset):
             train_ignore_value=train_ignore_value,
             box_policy=box_policy,
             check_files=check_files,
+            source=file,
         )
 
     @staticmethod
@@ -254,8 +275,18 @@ class MultiLabelJSON(MultiLabelDataset):
         ckey, skey, pkey = (
             ("metainfo.classes", "data_list", "img_path") if mm else ("classes", "samples", "path")
         )
-        names = data.get("metainfo", {}).get("classes") if mm and isinstance(data, dict) else None
-        if not mm and isinstance(data, dict):
+        if not isinstance(data, dict):
+            top = "'metainfo' and 'data_list'" if mm else "'classes' and 'samples'"
+            raise AnnotationError(file, f"expected a JSON object with {top}, got a {_kind(data)}")
+        if mm:
+            meta = data.get("metainfo")
+            if not isinstance(meta, dict):
+                got = "missing" if meta is None else f"got a {_kind(meta)}"
+                raise AnnotationError(
+                    file, f"expected a mapping with 'classes' (a list of class names), {got}", key="metainfo"
+                )
+            names = meta.get("classes")
+        else:
             names = data.get("classes")
         if (
             not isinstance(names, list)
@@ -265,15 +296,24 @@ class MultiLabelJSON(MultiLabelDataset):
             raise AnnotationError(file, "expected a list of distinct class names", key=ckey)
         samples = data.get(skey)
         if not isinstance(samples, list):
-            raise AnnotationError(file, "expected a list of samples", key=skey)
+            got = "missing" if samples is None else f"got a {_kind(samples)}"
+            raise AnnotationError(file, f"expected a list of samples, {got}", key=skey)
         index = {c: i for i, c in enumerate(names)}
         for k, s in enumerate(samples):
             where = {"key": f"{skey}[{k}]"}
             if not isinstance(s, dict):
-                raise AnnotationError(file, "expected an object", **where)
+                raise AnnotationError(file, f"expected an object, got a {_kind(s)}", **where)
+            if pkey not in s:
+                raise AnnotationError(file, f"missing {pkey!r} (the image path)", **where)
             row = np.full(len(names), -1)
             if mm:
-                row[_names_to_row(s.get("gt_label"), index, len(names), file, where, True)] = 1
+                label = s.get("gt_label")
+                if not isinstance(label, list):
+                    got = "missing" if label is None else f"got {label!r}"
+                    raise AnnotationError(
+                        file, f"expected a list of class indices, {got}", key=f"{skey}[{k}].gt_label"
+                    )
+                row[_names_to_row(label, index, len(names), file, where, True)] = 1
                 box = None
             else:
                 ign = _names_to_row(s.get("ignore", []), index, len(names), file, where, True)

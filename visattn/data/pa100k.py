@@ -7,7 +7,8 @@ strings, read as ``x[i][0][0]``) and ``{train,val,test}_label`` (n x 26, 0/1). F
 ``trainval`` = train then val, as in dangweili's and Rethinking-PAR's code.
 
 Differences from the references: name/label count mismatches, non-binary labels, a wrong number of attribute
-names and duplicate image names are errors (the references index fixed ranges such as ``range(80000)``).
+names, duplicate image names and an empty split are errors (the references index fixed ranges such as
+``range(80000)``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from ._common import (
     AnnotationError,
     MultiLabelDataset,
+    UniqueNames,
     check_values,
     load_mat,
     mat_get,
@@ -68,8 +70,11 @@ class PA100K(MultiLabelDataset):
         attributes = mat_strings(mat_get(mat, "attributes", path), path, "attributes")
         names: list[str] = []
         blocks = []
+        unique = UniqueNames(path, "image name")
         for part in ("train", "val") if split == "trainval" else (split,):
             part_names = mat_strings(mat_get(mat, f"{part}_images_name", path), path, f"{part}_images_name")
+            for i, name in enumerate(part_names):
+                unique.add(name, key=f"{part}_images_name[{i}]")
             labels = mat_matrix(mat_get(mat, f"{part}_label", path), path, f"{part}_label")
             if labels.shape != (len(part_names), len(attributes)):
                 raise AnnotationError(
@@ -81,11 +86,6 @@ class PA100K(MultiLabelDataset):
             check_values(labels, (0, 1), path, f"{part}_label")
             names += part_names
             blocks.append(labels)
-        seen: set[str] = set()
-        for n in names:
-            if n in seen:
-                raise AnnotationError(path, f"duplicate image name {n!r}", key=f"{split}_images_name")
-            seen.add(n)
         self.split, self.names = split, names
         super().__init__(
             [str(root / "data" / n) for n in names],
@@ -93,4 +93,6 @@ class PA100K(MultiLabelDataset):
             attributes,
             transform=transform,
             check_files=check_files,
+            source=path,
+            split=split,
         )

@@ -16,7 +16,7 @@ hardness-predictor-for-par). No official split: all images are returned (sub-fol
 Labels are binary (every ``eval_mask`` entry is True). Differences from the references: a file-keyed line
 labels that file; it also labels other images sharing its integer id only if all file-keyed lines with that
 id agree (the reference silently keeps the last); images without any label line, duplicate keys, unknown
-attribute names, non-binary values and out-of-range split indices are errors.
+attribute names, non-binary values, out-of-range split indices and an empty split are errors.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from ._common import (
     mat_strings,
     read_lines,
     require_dir,
+    require_samples,
     select_split,
 )
 
@@ -121,6 +122,9 @@ class PETA(MultiLabelDataset):
                     mat_field(part, k, path, key), n, path, f"{key} field {k} ({name})"
                 )
         rows = select_split(splits, split, indices, n, str(path))
+        require_samples(
+            len(rows), path, split, "the partition's index vector is empty", key=f"peta field 3[{partition}]"
+        )
         cols = list(range(35)) if attributes == "eval" else list(range(len(names)))
         if reorder == "group":
             cols = list(PETA_GROUP_ORDER)
@@ -134,6 +138,8 @@ class PETA(MultiLabelDataset):
             [names[c] for c in cols],
             transform=transform,
             check_files=check_files,
+            source=path,
+            split=split,
         )
 
 
@@ -227,4 +233,7 @@ class PETARaw(MultiLabelDataset):
                     )
                 labels[r, column[a]] = 1
         self.person_ids = [s[4] for s in samples]
-        super().__init__([s[0] for s in samples], labels, vocab, transform=transform, check_files=check_files)
+        require_samples(len(samples), root, hint="no image files in the <sub-dataset>/archive folders")
+        super().__init__(
+            [s[0] for s in samples], labels, vocab, transform=transform, check_files=check_files, source=root
+        )

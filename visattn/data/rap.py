@@ -19,7 +19,8 @@ weight where the label is 2 but counts 2 in its positive-ratio weights (``mean(l
 0-based rows as ``indices``.
 
 Differences from the references: names/labels/partition shapes and values are validated (bad input is an
-error naming the file and field) instead of indexing fixed ranges such as ``range(41585)``.
+error naming the file and field) instead of indexing fixed ranges such as ``range(41585)``; an image name
+listed twice and an empty split are errors too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 from ._common import (
     AnnotationError,
     MultiLabelDataset,
+    check_unique,
     check_values,
     load_mat,
     mat_cells,
@@ -43,6 +45,7 @@ from ._common import (
     mat_matrix,
     mat_record,
     mat_strings,
+    require_samples,
     select_split,
 )
 
@@ -59,15 +62,18 @@ def _ternary(labels: np.ndarray, path: Path, key: str, rows, cols) -> np.ndarray
 
 class _RAPBase(MultiLabelDataset):
     def _finish(
-        self, root, split, indices, splits, n, path, labels, key, names, cols, image_names, kwargs
+        self, root, split, indices, splits, n, path, labels, key, names, cols, image_names, kwargs, split_key
     ) -> None:
         rows = select_split(splits, split, indices, n, str(path))
+        require_samples(len(rows), path, split, "the partition's index vector is empty", key=split_key)
         self.split, self.rows = split, rows
         self.image_names = [image_names[r] for r in rows]
         super().__init__(
             [str(root / "RAP_dataset" / name) for name in self.image_names],
             _ternary(labels[np.ix_(rows, cols)], path, key, rows, cols),
             [names[c] for c in cols],
+            source=path,
+            split=split,
             **kwargs,
         )
 
@@ -117,6 +123,7 @@ class RAPv1(_RAPBase):
         root, path, rec = _open(root, mat_file)
         key = "RAP_annotation field"
         image_names = mat_strings(mat_field(rec, 5, path, f"{key} 5"), path, f"{key} 5 (image names)")
+        check_unique(image_names, path, "image name", key=f"{key} 5 (image names)")
         n = len(image_names)
         labels = mat_matrix(mat_field(rec, 1, path, f"{key} 1"), path, f"{key} 1 (labels)", rows=n)
         names = mat_strings(mat_field(rec, 3, path, f"{key} 3"), path, f"{key} 3 (attribute names)")
@@ -137,7 +144,8 @@ class RAPv1(_RAPBase):
         cols = list(range(51)) if attributes == "eval" else list(range(len(names)))
         self.partition = partition
         self._finish(root, split, indices, splits, n, path, labels, f"{key} 1 (labels)", names, cols, image_names,
-                     dict(transform=transform, train_ignore_value=train_ignore_value, check_files=check_files))  # fmt: skip
+                     dict(transform=transform, train_ignore_value=train_ignore_value, check_files=check_files),
+                     f"{key} 0[{partition}]")  # fmt: skip
 
 
 class RAPv2(_RAPBase):
@@ -170,6 +178,7 @@ class RAPv2(_RAPBase):
         image_names = mat_strings(
             mat_field(rec, "name", path, "RAP_annotation.name"), path, "RAP_annotation.name"
         )
+        check_unique(image_names, path, "image name", key="RAP_annotation.name")
         n = len(image_names)
         names = mat_strings(
             mat_field(rec, "attribute", path, "RAP_annotation"), path, "RAP_annotation.attribute"
@@ -200,4 +209,5 @@ class RAPv2(_RAPBase):
                 splits[name] = mat_indices(field, n, path, f"{pkey}.{name}_index")
         self.partition = partition
         self._finish(root, split, indices, splits, n, path, labels, "RAP_annotation.data", names, cols, image_names,
-                     dict(transform=transform, train_ignore_value=train_ignore_value, check_files=check_files))  # fmt: skip
+                     dict(transform=transform, train_ignore_value=train_ignore_value, check_files=check_files),
+                     f"RAP_annotation.partition_attribute[{partition}]")  # fmt: skip

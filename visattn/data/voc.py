@@ -27,7 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from ._common import AnnotationError, MultiLabelDataset, read_lines, require_dir, require_file
+from ._common import (
+    AnnotationError,
+    MultiLabelDataset,
+    UniqueNames,
+    read_id_list,
+    read_lines,
+    require_dir,
+    require_file,
+)
 
 __all__ = ["VOC_CLASSES", "VOC2007", "parse_voc_xml"]
 
@@ -65,32 +73,16 @@ def parse_voc_xml(path: str | os.PathLike, classes=VOC_CLASSES) -> np.ndarray:
     return label
 
 
-def _read_ids(path: Path) -> list[str]:
-    ids: list[str] = []
-    seen: dict[str, int] = {}
-    for n, line in read_lines(path):
-        parts = line.split()
-        if len(parts) != 1:
-            raise AnnotationError(path, f"expected one image id per line, got {line!r}", line=n)
-        if parts[0] in seen:
-            raise AnnotationError(
-                path, f"duplicate image id {parts[0]!r} (first on line {seen[parts[0]]})", line=n
-            )
-        seen[parts[0]] = n
-        ids.append(parts[0])
-    return ids
-
-
 def _read_class_file(path: Path, ids: list[str], split_file: Path) -> np.ndarray:
     values: dict[str, int] = {}
+    unique = UniqueNames(path, "image id")
     for n, line in read_lines(path):
         parts = line.split()  # alignment spaces vary: split on any whitespace
         if len(parts) != 2 or parts[1] not in ("1", "-1", "0"):
             raise AnnotationError(
                 path, f"expected '<id> <label>' with label 1, -1 or 0, got {line!r}", line=n
             )
-        if parts[0] in values:
-            raise AnnotationError(path, f"duplicate image id {parts[0]!r}", line=n)
+        unique.add(parts[0], line=n)
         values[parts[0]] = int(parts[1])
     if set(values) != set(ids):
         extra, missing = sorted(set(values) - set(ids)), sorted(set(ids) - set(values))
@@ -132,7 +124,7 @@ class VOC2007(MultiLabelDataset):
         if labels_from not in ("xml", "imagesets"):
             raise ValueError(f"labels_from must be 'xml' or 'imagesets', got {labels_from!r}")
         split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-        ids = _read_ids(require_file(split_file, "split list"))
+        ids = read_id_list(split_file, split)
         if labels_from == "xml":
             rows = [parse_voc_xml(root / "Annotations" / f"{i}.xml") for i in ids]
             labels = np.stack(rows) if rows else np.zeros((0, len(VOC_CLASSES)), np.int8)
@@ -152,4 +144,6 @@ class VOC2007(MultiLabelDataset):
             transform=transform,
             train_ignore_value=train_ignore_value,
             check_files=check_files,
+            source=split_file,
+            split=split,
         )

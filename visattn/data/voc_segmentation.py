@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._common import AnnotationError, load_image, read_lines, require_dir, require_file, to_float
+from ._common import AnnotationError, load_image, read_id_list, require_dir, to_float
 
 __all__ = [
     "VOC_SEG_CLASSES",
@@ -198,24 +198,6 @@ def _voc_root(root: str | os.PathLike, year: str) -> Path:
     raise FileNotFoundError(2, f"no VOC{year} folder (with ImageSets/ and JPEGImages/) under", str(root))
 
 
-def read_id_list(path: Path) -> list[str]:
-    ids: list[str] = []
-    seen: dict[str, int] = {}
-    for n, line in read_lines(path):
-        parts = line.split()
-        if len(parts) != 1:
-            raise AnnotationError(path, f"expected one image id per line, got {line!r}", line=n)
-        if parts[0] in seen:
-            raise AnnotationError(
-                path, f"duplicate image id {parts[0]!r} (first on line {seen[parts[0]]})", line=n
-            )
-        seen[parts[0]] = n
-        ids.append(parts[0])
-    if not ids:
-        raise AnnotationError(path, "empty split list")
-    return ids
-
-
 class VOCSegmentation(SegmentationDataset):
     """PASCAL VOC 2012 segmentation.
 
@@ -248,7 +230,7 @@ class VOCSegmentation(SegmentationDataset):
             list_path = Path(split_file) if Path(split_file).is_absolute() else base / split_file
         else:
             list_path = base / "ImageSets" / "Segmentation" / f"{split}.txt"
-        self.ids = read_id_list(require_file(list_path, "split list"))
+        self.ids = read_id_list(list_path, split if split_file is None else None)
         self.root, self.split = base, split
         self.palette = voc_colormap()
         super().__init__(

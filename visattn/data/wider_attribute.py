@@ -18,7 +18,8 @@ validation images are those whose third path component is ``val``.
 
 Differences from CSRA: labels stay ternary until the item is built (CSRA writes 0 or the sentinel 99 into its
 JSON); the class names come from ``attribute_id_map`` (CSRA misspells ``Tshirt`` as ``Tshiirt``); wrong
-attribute counts, values or boxes are errors.
+attribute counts, values or boxes, an image listed twice (JSON ``file_name`` or SRN list line) and a split
+without samples are errors.
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from ._common import AnnotationError, MultiLabelDataset, parse_box, read_json, read_lines
+from ._common import (
+    AnnotationError,
+    MultiLabelDataset,
+    UniqueNames,
+    check_unique,
+    parse_box,
+    read_json,
+    read_lines,
+    require_samples,
+)
 
 __all__ = ["WIDER_ATTRIBUTES", "WIDERAttribute", "WIDERAttributeSRN"]
 
@@ -93,14 +103,12 @@ class WIDERAttribute(MultiLabelDataset):
             raise AnnotationError(path, "expected a JSON object with an 'images' list", key="images")
         names = _attribute_names(data, path)
         paths, rows, boxes, image_index, scenes = [], [], [], [], []
-        seen: set[str] = set()
+        unique = UniqueNames(path, "file_name")
         for i, img in enumerate(data["images"]):
             where = f"images[{i}]"
             if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
                 raise AnnotationError(path, "expected an object with a 'file_name' string", key=where)
-            if img["file_name"] in seen:
-                raise AnnotationError(path, f"duplicate file_name {img['file_name']!r}", key=where)
-            seen.add(img["file_name"])
+            unique.add(img["file_name"], key=where)
             targets = img.get("targets")
             if not isinstance(targets, list):
                 raise AnnotationError(path, "missing 'targets' list", key=where)
@@ -122,6 +130,7 @@ class WIDERAttribute(MultiLabelDataset):
                 paths.append(str(root / "Image" / img["file_name"]))
                 image_index.append(i)
                 scenes.append(img.get("scene_id"))
+        require_samples(len(rows), path, split, "no person in the 'targets' of any image", key="images")
         labels = np.array(rows, dtype=np.int8).reshape(len(rows), len(names))
         self.split, self.image_index, self.scene_ids = split, image_index, scenes
         super().__init__(
@@ -133,6 +142,8 @@ class WIDERAttribute(MultiLabelDataset):
             train_ignore_value=train_ignore_value,
             box_policy=box_policy,
             check_files=check_files,
+            source=path,
+            split=split,
         )
 
 
@@ -165,6 +176,7 @@ class WIDERAttributeSRN(MultiLabelDataset):
             raise AnnotationError(
                 label_file, f"{len(label_lines)} label lines for {len(images)} images in {list_file}"
             )
+        check_unique([img for _, img in images], list_file, "image", lines=[n for n, _ in images])
         C = len(WIDER_ATTRIBUTES)
         paths, rows = [], []
         for (_, img), (n, line) in zip(images, label_lines, strict=True):
@@ -180,6 +192,12 @@ class WIDERAttributeSRN(MultiLabelDataset):
             if split == "trainval" or split == "test" or (split == "val") == is_val:
                 paths.append(str(Path(image_root or root) / img))
                 rows.append(row)
+        hint = "the list is empty"
+        if images and split == "val":
+            hint = "no listed path has 'val' as its third component (e.g. data/wider/val/x.jpg)"
+        elif images and split == "train":
+            hint = f"all {len(images)} listed paths have 'val' as their third component"
+        require_samples(len(paths), list_file, split, hint)
         self.split = split
         super().__init__(
             paths,
@@ -188,4 +206,6 @@ class WIDERAttributeSRN(MultiLabelDataset):
             transform=transform,
             train_ignore_value=train_ignore_value,
             check_files=check_files,
+            source=list_file,
+            split=split,
         )

@@ -4,12 +4,13 @@ from visattn.utils.distributed import DistInfo, init_distributed, seed_everythin
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
 from .tasks import MultiLabelTask
-from .trainer import Trainer
+from .trainer import Trainer, TrainingDivergedError
 
 __all__ = [
     "DistInfo",
     "MultiLabelTask",
     "Trainer",
+    "TrainingDivergedError",
     "init_distributed",
     "latest_checkpoint",
     "load_checkpoint",

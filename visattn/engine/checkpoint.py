@@ -23,11 +23,12 @@ Weights are read back by one function, :func:`load_model_weights`: EMA weights w
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 __all__ = [
@@ -37,16 +38,20 @@ __all__ = [
     "CONFIG_FILE",
     "LOG_FILE",
     "TEST_METRICS_FILE",
+    "check_finite",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_model_weights",
+    "load_strict",
     "model_state_for_saving",
     "prune_checkpoints",
+    "remove_stale_temporaries",
     "save_best",
     "save_checkpoint",
     "split_ema",
     "unwrap_model",
+    "write_atomic",
 ]
 
 CONFIG_FILE = "config.json"
@@ -56,6 +61,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_FILE = "best.safetensors"
 TEST_METRICS_FILE = "test_metrics.json"
 EMA_PREFIX = "ema."
+TMP_SUFFIX = ".tmp"
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -98,7 +104,34 @@ def split_ema(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
     return model, ema
 
 
-def load_model_weights(model: nn.Module, path: str | Path, ema: bool | None = None) -> str:
+def load_strict(
+    module: nn.Module, weights: dict[str, torch.Tensor], path: str | Path, what: str = ""
+) -> None:
+    """``module.load_state_dict(weights, strict=True)`` with one error naming the file, the missing or
+    unexpected keys and the shape mismatches."""
+    try:
+        unwrap_model(module).load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        detail = [line.strip() for line in str(err).strip().splitlines()[1:] if line.strip()]
+        raise ValueError(
+            f"{path}: the {what or 'weights'} do not fit the model {type(unwrap_model(module)).__name__}: "
+            + ("; ".join(detail[:4]) or str(err).splitlines()[0])
+        ) from None
+
+
+def check_finite(weights: dict[str, torch.Tensor], path: str | Path) -> None:
+    """One error naming the file and the first tensors holding NaN or infinity."""
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(
+            f"{path}: non-finite values (NaN or infinity) in {len(bad)} tensor(s), first {bad[:3]}; "
+            "the weights come from a diverged run (pass allow_nonfinite=True / --allow-nonfinite to load anyway)"
+        )
+
+
+def load_model_weights(
+    model: nn.Module, path: str | Path, ema: bool | None = None, allow_nonfinite: bool = False
+) -> str:
     """Load a weights file into ``model`` strictly and say which weights were used (``"ema"``/``"model"``).
 
     Args:
@@ -106,6 +139,7 @@ def load_model_weights(model: nn.Module, path: str | Path, ema: bool | None = No
             file (read with ``weights_only=True``).
         ema: ``None``: the EMA weights when the file holds them, else the model's; ``True``: the EMA weights
             (an error if there are none); ``False``: the model's own (raw) weights.
+        allow_nonfinite: load tensors holding NaN/infinity (refused by default: a diverged run's weights).
     """
     from visattn.models import read_state_dict
 
@@ -121,21 +155,41 @@ def load_model_weights(model: nn.Module, path: str | Path, ema: bool | None = No
         raise ValueError(f"{path}: no EMA weights ('ema.*' keys) in this file; load it without EMA")
     use_ema = bool(averaged) if ema is None else bool(ema)
     weights = averaged if use_ema else raw
-    try:
-        unwrap_model(model).load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        detail = str(err).strip().splitlines()
-        raise ValueError(
-            f"{path}: the weights do not fit the model {type(unwrap_model(model)).__name__} "
-            f"({'; '.join(line.strip() for line in detail[1:4]) or detail[0]})"
-        ) from None
+    if not allow_nonfinite:
+        check_finite(weights, path)
+    load_strict(model, weights, path, "EMA weights" if use_ema else "weights")
     return "ema" if use_ema else "model"
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` then rename over ``path``, and fsync the folder: a reader (or a resumed run) sees the
+    old file or the new one, never half of one. A failure (a full disk) removes the temporary file and
+    leaves the previous ``path`` intact."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the ``*.tmp`` files an interrupted :func:`write_atomic` left in ``directory`` (not below it)."""
+    removed = []
+    for path in Path(directory).glob(f"*{TMP_SUFFIX}"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def save_checkpoint(
@@ -145,12 +199,12 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"epoch_{epoch:04d}"
-    _atomic(
+    write_atomic(
         directory / f"{stem}.safetensors",
         lambda p: save_file(weights, str(p), metadata={"epoch": str(epoch)}),
     )
-    _atomic(directory / f"{stem}.state.pt", lambda p: torch.save(state, p))
-    _atomic(directory / "last.txt", lambda p: p.write_text(stem + "\n"))
+    write_atomic(directory / f"{stem}.state.pt", lambda p: torch.save(state, p))
+    write_atomic(directory / "last.txt", lambda p: p.write_text(stem + "\n"))
     return directory / f"{stem}.safetensors"
 
 
@@ -158,7 +212,7 @@ def save_best(path: str | Path, weights: dict[str, torch.Tensor], metadata: dict
     """Write the best weights (model + ``ema.*`` when training with EMA) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda p: save_file(weights, str(p), metadata=metadata))
+    write_atomic(path, lambda p: save_file(weights, str(p), metadata=metadata))
     return path
 
 
@@ -202,6 +256,15 @@ def load_checkpoint(weights_path: str | Path) -> tuple[dict[str, torch.Tensor], 
         raise FileNotFoundError(
             f"training state {str(state_path)!r} for checkpoint {weights_path.name} is missing"
         )
-    weights = load_file(str(weights_path))
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    from visattn.models import read_state_dict
+
+    weights = read_state_dict(weights_path)
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or a pickle with code: one message naming it
+        raise ValueError(
+            f"{state_path}: not a readable training state ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise ValueError(f"{state_path}: not a visattn training state (no 'epoch' entry)")
     return weights, state

@@ -18,6 +18,7 @@ import csv
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,19 +42,29 @@ from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_model_weights,
+    load_strict,
     model_state_for_saving,
     prune_checkpoints,
+    remove_stale_temporaries,
     save_best,
     save_checkpoint,
     split_ema,
     unwrap_model,
+    write_atomic,
 )
 from .optim import build_optimizer, build_scheduler
 from .tasks.base import describe_split
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "TrainingDivergedError"]
 
 _LOG = logging.getLogger(__name__)
+# What a run folder holds besides config.json / class_names.json: a fresh run refuses to write over it.
+_RUN_FILES = (LOG_FILE, CHECKPOINT_DIR, BEST_FILE, TEST_METRICS_FILE, "tensorboard")
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training produced a non-finite loss, gradient, parameter or buffer; the message says where and which
+    checkpoints were kept (the last finite one and ``best``). Nothing non-finite is ever saved."""
 
 
 class Trainer:
@@ -162,14 +173,20 @@ class Trainer:
         return (images, *[r.to(self.dist.device) if torch.is_tensor(r) else r for r in rest])
 
     # ------------------------------------------------------------------ loop
-    def fit(self, resume: str | Path | None = None, until_epoch: int | None = None) -> dict[str, Any]:
+    def fit(
+        self, resume: str | Path | None = None, until_epoch: int | None = None, overwrite: bool = False
+    ) -> dict[str, Any]:
         """Train for the configured epochs (from a checkpoint if ``resume``: a path or ``"auto"``).
 
         ``until_epoch`` stops after that epoch (1-based) with the schedule of the full run, e.g. to split
-        training across job time limits; ``resume="auto"`` continues it.
+        training across job time limits; ``resume="auto"`` continues it. A fresh run (no ``resume``) refuses
+        an output folder that already holds a run unless ``overwrite`` (which deletes that run first).
         """
         if self.train_loader is None:
             raise ValueError("fit() needs a training set")
+        if self.dist.is_main:
+            self._prepare_output(fresh=not resume, overwrite=overwrite)
+        barrier()
         if resume:
             self.resume(resume)
         if self.dist.is_main:
@@ -192,6 +209,7 @@ class Trainer:
         for epoch in range(self.start_epoch, stop):
             t0 = time.perf_counter()
             train_loss = self.train_one_epoch(epoch)
+            self._check_finite_state(epoch)  # before evaluation scores (and saving keeps) a broken model
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self._lr()}
             ecfg = self.config["eval"]
             if self.val_set is not None and ((epoch + 1) % ecfg["every"] == 0 or epoch + 1 == self.epochs):
@@ -207,7 +225,7 @@ class Trainer:
             self.history.append(row)
             if self.dist.is_main:
                 self._save(epoch)
-                logger.log(row)
+                logger.log(self.history)  # the whole log from the checkpointed history: resume-safe
                 _LOG.info(_format_row(row))
             last = row
         if logger is not None:
@@ -244,10 +262,7 @@ class Trainer:
             **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         }
         if self.dist.is_main:
-            path = self.out / TEST_METRICS_FILE
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(record, indent=2))
-            tmp.replace(path)
+            write_atomic(self.out / TEST_METRICS_FILE, lambda p: p.write_text(json.dumps(record, indent=2)))
             _LOG.info("test %s with %s: %s", record["split"], weights, _format_row(metrics))
         return record
 
@@ -268,7 +283,7 @@ class Trainer:
             with self.autocast():
                 loss = self.task.training_loss(self.ddp_model, batch, epoch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+                self._diverged(epoch, step, f"the loss is {loss.item()}")
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -276,7 +291,13 @@ class Trainer:
             else:
                 loss.backward()
             if clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            elif self.scaler is None:
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            # With a GradScaler, overflowing fp16 gradients are expected: the scaler skips those steps.
+            if self.scaler is None and not torch.isfinite(norm):
+                self._diverged(epoch, step, f"the gradient norm is {float(norm)} (loss {loss.item():.4g})")
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -317,6 +338,50 @@ class Trainer:
         return metric.compute()
 
     # ------------------------------------------------------------------ state
+    def _prepare_output(self, fresh: bool, overwrite: bool) -> None:
+        """Refuse (or, with ``overwrite``, clear) a run folder a fresh run would mix with; drop the temporary
+        files an interrupted atomic write left behind."""
+        existing = [name for name in _RUN_FILES if (self.out / name).exists()]
+        if fresh and existing:
+            if not overwrite:
+                raise ValueError(
+                    f"output folder {str(self.out)!r} already holds a run ({', '.join(existing)}): pass "
+                    "--resume to continue it, --overwrite to replace it, or set another output"
+                )
+            for name in existing:
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for report in self.out.glob("report_*.png"):
+                report.unlink()
+            _LOG.info("overwrite: removed the previous run's %s from %s", ", ".join(existing), self.out)
+        for folder in (self.out, self.out / CHECKPOINT_DIR):
+            for path in remove_stale_temporaries(folder) if folder.is_dir() else ():
+                _LOG.info("removed %s, left by an interrupted write", path)
+
+    def _kept_checkpoints(self) -> str:
+        last = latest_checkpoint(self.out / CHECKPOINT_DIR)
+        best = self.out / BEST_FILE
+        kept = f"the last finite checkpoint {last}" if last else "no checkpoint (no epoch finished)"
+        return kept + (f" and {best} (epoch {self.best.get('epoch')})" if best.is_file() else "")
+
+    def _diverged(self, epoch: int, step: int, what: str) -> None:
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch + 1}, step {step + 1}: {what}. Kept {self._kept_checkpoints()}; "
+            "resume from it with a lower optim.lr or with optim.clip_grad"
+        )
+
+    def _check_finite_state(self, epoch: int) -> None:
+        """Parameters and buffers (BatchNorm running statistics included) must be finite to be kept."""
+        modules = [("model", unwrap_model(self.model))] + ([("EMA", self.ema.module)] if self.ema else [])
+        for label, module in modules:
+            for key, value in module.state_dict().items():
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise TrainingDivergedError(
+                        f"training diverged in epoch {epoch + 1}: {label} tensor {key!r} holds NaN or infinity "
+                        f"after the epoch (nothing of this epoch was saved). Kept {self._kept_checkpoints()}; "
+                        "resume from it with a lower optim.lr or with optim.clip_grad"
+                    )
+
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
@@ -362,9 +427,9 @@ class Trainer:
             return  # "auto" with nothing to resume: start fresh
         weights, state = load_checkpoint(path)
         model_sd, ema_sd = split_ema(weights)
-        unwrap_model(self.model).load_state_dict(model_sd, strict=True)
+        load_strict(self.model, model_sd, path)
         if self.ema is not None and ema_sd:
-            self.ema.module.load_state_dict(ema_sd, strict=True)
+            load_strict(self.ema.module, ema_sd, path, "EMA weights")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("plateau") and hasattr(self.scheduler, "lr_scheduler"):
@@ -392,17 +457,20 @@ class _Logger:
         except ImportError:
             pass
 
-    def log(self, row: dict[str, Any]) -> None:
-        rows = []
-        if self.path.is_file():
-            with self.path.open() as f:
-                rows = list(csv.DictReader(f))
-        rows.append({k: row[k] for k in row})
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+    def log(self, history: list[dict[str, Any]]) -> None:
+        """Write ``log.csv`` from the run's history (one row per finished epoch) atomically; TensorBoard gets
+        the newest row. The history is part of every checkpoint, so a resumed run's log is exactly the rows
+        up to its checkpoint, whatever a kill interrupted."""
+        fields = list(dict.fromkeys(k for r in history for k in r))
+
+        def write(path: Path) -> None:
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(history)
+
+        write_atomic(self.path, write)
+        row = history[-1]
         if self.writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":

@@ -264,6 +264,7 @@ def load_trained_model(
     img_size: int | None = None,
     class_names: Sequence[str] | None = None,
     ema: bool | None = None,
+    allow_nonfinite: bool = False,
 ) -> TrainedModel:
     """Rebuild a model for inference from a checkpoint and its recipe, or from a registered name.
 
@@ -279,6 +280,7 @@ def load_trained_model(
             ``"0", "1", ...``).
         ema: ``None`` (default): the EMA weights when the checkpoint holds them; ``True``: require them;
             ``False``: the raw model weights.
+        allow_nonfinite: accept weights holding NaN/infinity (refused by default).
     """
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and not checkpoint.is_file():
@@ -310,7 +312,7 @@ def load_trained_model(
         name = str(model_name)
     used = "initial"
     if checkpoint is not None:
-        used = load_model_weights(model, checkpoint, ema)
+        used = load_model_weights(model, checkpoint, ema, allow_nonfinite=allow_nonfinite)
     return TrainedModel(
         model=model.eval().cpu(),
         class_names=[str(n) for n in names],

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,16 @@ import timm
 from timm.models import register_model as _timm_register_model
 from torch import nn
 
-__all__ = ["register_model", "list_models", "is_model", "create_model"]
+from visattn.utils.errors import unexpected_keyword, unknown_option_message
+
+__all__ = [
+    "create_model",
+    "is_model",
+    "list_models",
+    "model_options",
+    "register_model",
+    "unknown_option_message",
+]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -79,6 +90,40 @@ def create_model(
         kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}), "file": str(path)}
     if checkpoint_path is not None and not Path(checkpoint_path).is_file():
         raise FileNotFoundError(f"checkpoint_path {str(checkpoint_path)!r} does not exist")
-    return timm.create_model(
-        name, pretrained=pretrained, checkpoint_path=str(checkpoint_path) if checkpoint_path else "", **kwargs
-    )
+    try:
+        return timm.create_model(
+            name,
+            pretrained=pretrained,
+            checkpoint_path=str(checkpoint_path) if checkpoint_path else "",
+            **kwargs,
+        )
+    except TypeError as err:
+        unknown = unexpected_keyword(err)
+        if unknown is None or unknown not in kwargs:
+            raise
+        raise ValueError(unknown_option_message(f"model {name!r}", unknown, model_options(name))) from None
+    except RuntimeError as err:  # a weights file that does not fit: strict loading, one message naming it
+        source = pretrained_file or checkpoint_path
+        if source is None or "state_dict" not in str(err):
+            raise
+        detail = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        raise ValueError(
+            f"{source}: the weights do not fit model {name!r}: {'; '.join(detail[:4])}"
+        ) from None
+
+
+def model_options(name: str) -> list[str]:
+    """Keyword arguments a model accepts: its entrypoint's and those of the ``nn.Module`` classes of the
+    entrypoint's module (where the entrypoint's ``**kwargs`` go)."""
+    fn = _MODELS[name]
+    names = {p for p in inspect.signature(fn).parameters if p not in ("kwargs", "pretrained")}
+    module = sys.modules.get(fn.__module__)
+    for obj in vars(module).values() if module is not None else ():
+        if inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == fn.__module__:
+            params = inspect.signature(obj.__init__).parameters
+            names |= {
+                p
+                for p, v in params.items()
+                if p != "self" and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)
+            }
+    return sorted(names | {"num_classes", "in_chans", "drop_rate"})

@@ -26,7 +26,12 @@ def read_state_dict(
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # truncated, not safetensors, bad header: one message naming the file
+            raise ValueError(
+                f"{path}: not a readable safetensors file ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a pickle with arbitrary objects, or not a torch file at all

@@ -10,7 +10,9 @@ task name is known as soon as the package is imported.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "ROLES",
     "TaskSpec",
     "build_split",
+    "check_metric_name",
     "describe_split",
     "input_channels",
     "get_task_spec",
@@ -85,6 +88,23 @@ def task_options(config: Mapping[str, Any], task: str, known: Sequence[str]) -> 
             f"known: {', '.join(known)})"
         )
     return options
+
+
+def check_metric_name(config: Mapping[str, Any], names: Iterable[str], patterns: Sequence[str] = ()) -> None:
+    """``eval.metric`` must be one of the task's scalar metrics (``ema_`` + one with ``train.ema``); checked
+    when the task is built, so a typo stops the run before its first step, with the closest names."""
+    metric = config["eval"]["metric"]
+    known = sorted(set(names))
+    if config["train"]["ema"]:
+        known += [f"ema_{n}" for n in known]
+    if metric in known or any(fnmatch.fnmatch(metric.removeprefix("ema_"), p) for p in patterns):
+        return
+    close = difflib.get_close_matches(metric, known, n=3, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    raise ValueError(
+        f"key 'eval.metric': {metric!r} is not a metric of task {config['task']!r}{hint}; "
+        f"its metrics: {', '.join(known + list(patterns))}"
+    )
 
 
 def input_channels(config: Mapping[str, Any]) -> int | None:

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from visattn.metrics.classification import ClassificationMetrics
 
-from .base import TaskSpec, num_classes_of, register_task, task_options
+from .base import TaskSpec, check_metric_name, num_classes_of, register_task, task_options
 
 __all__ = ["SingleLabelTask", "SmoothedCrossEntropy", "TASK_OPTIONS"]
 
@@ -160,13 +160,7 @@ def build_classification_task(
     """``TaskSpec.build`` of ``task: classification`` (options from ``task_kwargs``)."""
     options = task_options(config, "classification", TASK_OPTIONS)
     topk = tuple(options.get("topk", (1, 5)))
-    allowed = {f"top{k}" for k in topk} | set(SCALAR_METRICS)
-    metric = config["eval"]["metric"]
-    if metric not in allowed:
-        raise ValueError(
-            f"task classification: eval.metric {metric!r} is not a classification metric; use one of "
-            f"{sorted(allowed)} (e.g. eval.metric: top1, eval.mode: max)"
-        )
+    check_metric_name(config, [f"top{k}" for k in topk] + list(SCALAR_METRICS))
     num_classes = getattr(model, "num_classes", None)
     if not num_classes:
         num_classes = num_classes_of(train_set) if train_set is not None else None

@@ -50,7 +50,7 @@ from visattn.metrics.keypoints import (
     require_cocoeval,
 )
 
-from .base import TaskSpec, build_split, input_channels, register_task, task_options
+from .base import TaskSpec, build_split, check_metric_name, input_channels, register_task, task_options
 
 __all__ = ["KeypointTask", "joints_mse_loss"]
 
@@ -236,6 +236,7 @@ def keypoint_transform(config: Mapping[str, Any], train: bool) -> TopDownTransfo
 
 def build_keypoint_task(config: Mapping[str, Any], model: nn.Module, train_set) -> KeypointTask:
     tk = _options(config)
+    check_metric_name(config, (*STATS_NAMES, "PCK", "NME"))
     if config["eval"]["metric"] in STATS_NAMES:
         require_cocoeval()  # fail now, with the install hint, rather than after the first epoch
     inp, hm = _sizes(config)

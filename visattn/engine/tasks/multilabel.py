@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .base import TaskSpec, register_task
+from .base import TaskSpec, check_metric_name, register_task
 
 __all__ = ["BranchOutputs", "MultiLabelTask", "build_multilabel_task"]
 
@@ -134,6 +134,12 @@ def build_multilabel_task(
         def metric_factory():
             return AttributeMetrics(thr=e["threshold"])
 
+    # The metric's scalar names, read off a synthetic batch (they depend on the preset, not on the data).
+    probe = metric_factory()
+    probe.update(
+        torch.tensor([[0.9, 0.2, 0.6], [0.1, 0.7, 0.4]]), torch.tensor([[1.0, 0, 1], [0, 1, 1]]), None
+    )
+    check_metric_name(config, [k for k, v in probe.compute().items() if isinstance(v, (int, float))])
     if train_set is None:  # evaluation only: the loss is never called, and priors need the training split
         from visattn.losses import create_loss
 
