@@ -68,6 +68,22 @@ def test_recipe_values_are_checked_when_the_recipe_loads(override, message):
         load_config(GLYPH, [override])
 
 
+def test_exponent_floats_are_numbers_in_recipe_files(tmp_path):
+    """YAML 1.1 (PyYAML's default) reads ``1e-3`` as a string, so these valid values were rejected."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"_base_: {GLYPH}\noptim: {{lr: 1e-3, weight_decay: 5e-4}}\n"
+        "sched: {warmup_lr: 1e-6, min_lr: 1e-5}\ntrain: {ema_decay: 9.998e-1}\n"
+    )
+    config = load_config(recipe)
+    assert (config["optim"]["lr"], config["optim"]["weight_decay"]) == (0.001, 0.0005)
+    assert (config["sched"]["warmup_lr"], config["sched"]["min_lr"], config["train"]["ema_decay"]) == (
+        1e-6,
+        1e-5,
+        0.9998,
+    )
+
+
 def test_valid_values_are_accepted():
     config = load_config(
         GLYPH,
