@@ -221,14 +221,17 @@ def test_grad_checkpointing_matches():
     torch.testing.assert_close(model(x), ref)
 
 
-def test_backbone_pretrained_file(tmp_path):
+def test_pretrained_backbone(tmp_path):
     source = timm.create_model("resnet18")  # ImageNet-style checkpoint, 1000-class fc included
     path = tmp_path / "resnet18.safetensors"
     save_file(source.state_dict(), str(path))
-    model = small(backbone_pretrained_file=path)
+    model = small(pretrained_backbone=path)  # the key CSRA uses too
     torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
     with pytest.raises(FileNotFoundError):
-        small(backbone_pretrained_file=tmp_path / "missing.pth")
+        small(pretrained_backbone=tmp_path / "missing.pth")
+    with pytest.warns(DeprecationWarning, match="pretrained_backbone"):  # the former name still works
+        old = small(backbone_pretrained_file=path)
+    torch.testing.assert_close(old.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
 
 
 def test_full_checkpoint_with_other_class_count(tmp_path):

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from visattn.inference import predict, write_predictions
+from visattn.inference.predict import expand_images
 
 from .options import add_run_options, load_run
 
@@ -17,13 +18,17 @@ _LOG = logging.getLogger("visattn.cli")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    images = expand_images(args.images)
     loaded = load_run(args, checkpoint=args.checkpoint, recipe=args.recipe)
     dense = loaded.task in ("segmentation", "keypoints")
     out = args.out or ("predictions" if dense else None)
-    results = predict(loaded, args.images, topk=args.topk, threshold=args.threshold, out_dir=out)
+    _LOG.info("predicting %d image(s) with %s (%s weights)", len(images), loaded.name, loaded.weights)
+    results = predict(loaded, images, topk=args.topk, threshold=args.threshold, out_dir=out)
     if out is not None:
         path = write_predictions(results, f"{out}/predictions.json")
         _LOG.info("wrote %s%s", path, " and one PNG per image" if dense else "")
+    if args.results_file:
+        _LOG.info("wrote %s", write_predictions(results, args.results_file))
     if args.json or dense:
         print(json.dumps(results, indent=2))
         return 0
@@ -40,7 +45,7 @@ def add_parsers(sub: Any) -> None:
         help="scores and labels (classification), class maps (segmentation) or keypoints of image files",
     )
     p.add_argument("recipe", help="the recipe the checkpoint was trained with")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--checkpoint", required=True, help="weights file, or best / last of the recipe's run")
     add_run_options(p, recipe_flag=False, model_flag=False)
     p.add_argument("--topk", type=int, default=5)
@@ -50,4 +55,8 @@ def add_parsers(sub: Any) -> None:
         help="folder for predictions.json and the PNGs of dense tasks (default for those: predictions/)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--results-file",
+        help="also write the results here: .json, or .csv (one row per image, a column per class)",
+    )
     p.set_defaults(func=_cmd_predict)

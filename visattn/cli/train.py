@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from visattn.config import load_config
+from visattn.config import load_config, parse_overrides
 from visattn.engine.build import build_trainer
+from visattn.engine.quickstart import quick_recipe
 from visattn.engine.tasks import describe_split
 from visattn.inference import evaluate
 from visattn.models import residual_attention
@@ -44,9 +45,29 @@ def write_report_at_end(trainer: Any) -> None:
     write_training_report(trainer.out, metrics=metrics, metrics_source=source)
 
 
+def _train_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe file, or (``--model`` / ``--data``) a recipe built from the model's defaults and the data."""
+    if args.config and args.model:
+        raise ValueError("give a recipe or --model/--data, not both (override recipe keys with --set)")
+    if args.config:
+        return load_config(args.config, args.set)
+    if not (args.model and args.data):
+        raise ValueError("visattn train needs a recipe file, or --model NAME --data PATH (see --help)")
+    recipe = quick_recipe(
+        args.model,
+        args.data,
+        num_classes=args.num_classes,
+        pretrained=args.pretrained,
+        model_kwargs=parse_overrides(args.model_arg),
+        epochs=args.epochs or 10,
+        output=args.output,
+    )
+    return load_config(None, args.set, base=recipe)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     apply_allocator(args)
-    config = load_config(args.config, args.set)
+    config = _train_config(args)
     trainer = build_trainer(config)
     trainer.callbacks.append(write_report_at_end)
     result = trainer.fit(resume=args.resume, overwrite=args.overwrite)
@@ -176,8 +197,23 @@ def _sweep_table(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a YAML recipe (configs/); torchrun for DDP")
-    p.add_argument("config", help="recipe file, e.g. configs/glyph_canvas_csra.yaml")
+    p = sub.add_parser(
+        "train",
+        help="train a YAML recipe (configs/), or --model NAME --data PATH without one; torchrun for DDP",
+    )
+    p.add_argument("config", nargs="?", help="recipe file, e.g. configs/glyph_canvas_csra.yaml")
+    q = p.add_argument_group("without a recipe (visattn.engine.quickstart)")
+    q.add_argument("--model", help="registered model name, e.g. csra or resattnet56")
+    q.add_argument(
+        "--data", help="folder with train/<class>/ (single-label) or train.csv (multi-label), or a CSV"
+    )
+    q.add_argument("--num-classes", type=int, help="default: the number of classes in the data")
+    q.add_argument("--pretrained", metavar="FILE", help="whole-model weights file (model.pretrained_file)")
+    q.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="model keyword argument"
+    )
+    q.add_argument("--epochs", type=int, help="default 10")
+    q.add_argument("--output", help="run folder (default runs/<model>-<data name>)")
     add_set(p)
     p.add_argument(
         "--resume", nargs="?", const="auto", default=None, help="resume: a checkpoint, or the run's latest"

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from visattn.utils.errors import unexpected_keyword, unknown_option_message
 
-__all__ = ["register_dataset", "create_dataset", "list_datasets"]
+__all__ = ["create_dataset", "dataset_options", "list_datasets", "register_dataset", "takes_vocabulary"]
 
 _DATASETS: dict[str, Callable[..., Dataset]] = {}
 
@@ -44,6 +44,12 @@ def create_dataset(name: str, split: str, transform: Callable | None = None, **k
             raise
         message = unknown_option_message(f"dataset {name!r} (data.kwargs)", unknown, dataset_options(name))
         raise ValueError(message) from None
+
+
+def takes_vocabulary(name: str) -> bool:
+    """Whether dataset ``name`` reads class names from each split's files and accepts ``classes=`` (the
+    training vocabulary, matched by name: re-ordered, unknown or missing names refused)."""
+    return name in _NAMED_VOCABULARY
 
 
 def dataset_options(name: str) -> list[str]:
@@ -114,6 +120,9 @@ for _name, _module, _cls in (
 register_dataset("glyph_canvas", _class_builder("glyph_canvas", "GlyphCanvasDataset", ("num_samples",)))
 register_dataset("multilabel_csv", _by_split_file("MultiLabelCSV"))
 register_dataset("multilabel_json", _by_split_file("MultiLabelJSON"))
+# Formats whose splits name their own classes: every split is built with the training split's vocabulary
+# (``classes=``), so columns / folders are matched by name, never by position.
+_NAMED_VOCABULARY = {"multilabel_csv", "multilabel_json", "imagefolder"}
 
 # ------------------------------------------------------------------------------------ dense
 # Segmentation items ``(image, mask)``; keypoint items are samples for the top-down transform.

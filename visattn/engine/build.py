@@ -7,7 +7,7 @@ registered in :mod:`visattn.engine.tasks`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -41,15 +41,27 @@ __all__ = [
 
 
 def build_datasets(
-    config: Mapping[str, Any], splits: tuple[str, ...] = ("train", "val"), transform: bool = True
+    config: Mapping[str, Any],
+    splits: tuple[str, ...] = ("train", "val"),
+    transform: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Dataset]:
     """Datasets of the recipe for the requested roles (``train``, ``val``, ``test``; see
-    :func:`~visattn.engine.tasks.build_split`) with their transforms (``transform=False``: raw items)."""
+    :func:`~visattn.engine.tasks.build_split`) with their transforms (``transform=False``: raw items).
+
+    The class vocabulary is the training split's (or ``class_names``, e.g. a run's ``class_names.json``):
+    every other split is matched to it by name.
+    """
     make_transform = get_task_spec(config).transform or image_transform
-    return {
-        role: build_split(config, role, make_transform(config, role == "train") if transform else None)
-        for role in splits
-    }
+    out: dict[str, Dataset] = {}
+    vocabulary = list(class_names) if class_names is not None else None
+    for role in sorted(splits, key=lambda r: r != "train"):  # the training split fixes the vocabulary
+        t = make_transform(config, role == "train") if transform else None
+        out[role] = build_split(config, role, t, classes=vocabulary)
+        names = getattr(out[role], "class_names", None)
+        if vocabulary is None and role == "train" and names is not None:
+            vocabulary = [str(n) for n in names]
+    return {role: out[role] for role in splits}
 
 
 def check_input_channels(config: Mapping[str, Any], model: nn.Module) -> None:
@@ -98,12 +110,14 @@ def build_trainer(
     train: bool = True,
     model: nn.Module | None = None,
     split: str = "val",
+    class_names: Sequence[str] | None = None,
 ) -> Trainer:
     """Model, datasets, task and trainer of a recipe.
 
     ``train=True``: the training, selection (``val``) and, when the recipe has one, ``test`` datasets.
     ``train=False``: evaluation only, on the role ``split`` (``"val"`` or ``"test"``). ``model``: use this
-    model (e.g. one :func:`visattn.inference.load_trained_model` loaded) instead of building the recipe's.
+    model (e.g. one :func:`visattn.inference.load_trained_model` loaded) instead of building the recipe's;
+    ``class_names``: the vocabulary the model was trained on (the data is matched to it by name).
     """
     dist = dist or init_distributed()
     # Same seed on every rank before anything random is built: identical initial weights everywhere and
@@ -113,7 +127,7 @@ def build_trainer(
         roles = ("train", "val", "test") if config["data"]["test_split"] else ("train", "val")
     else:
         roles = (split,)
-    data = build_datasets(config, roles)
+    data = build_datasets(config, roles, class_names=class_names)
     evaluated = data["val"] if train else data[split]
     reference = data.get("train", evaluated)
     if model is None:

@@ -197,6 +197,7 @@ class Trainer:
                 (self.out / CLASS_NAMES_FILE).write_text(json.dumps([str(n) for n in names]))
         logger = _Logger(self.out) if self.dist.is_main else None
         if self.dist.is_main:
+            _LOG.info(self._summary(resume))
             _LOG.info(
                 "data: train %s (%d samples); selection (eval.metric %s) %s (%s); test %s",
                 describe_split(self.config, "train"), len(self.train_set), self.config["eval"]["metric"],
@@ -311,10 +312,12 @@ class Trainer:
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self._lr():.3g}")
             if interval and (step + 1) % interval == 0 and self.dist.is_main:
-                rate = count / max(time.perf_counter() - t_start, 1e-9)
+                elapsed = max(time.perf_counter() - t_start, 1e-9)
+                remaining = (self.epochs - epoch - 1) * self.steps_per_epoch + self.steps_per_epoch - step - 1
                 _LOG.info(
-                    "epoch %d step %d/%d  loss %.4g  lr %.3g  %.1f samples/s",
-                    epoch + 1, step + 1, self.steps_per_epoch, total / count, self._lr(), rate,
+                    "epoch %d step %d/%d  loss %.4g  lr %.3g  %.1f samples/s  ETA %s (training steps)",
+                    epoch + 1, step + 1, self.steps_per_epoch, total / count, self._lr(), count / elapsed,
+                    _duration(remaining * elapsed / (step + 1)),
                 )  # fmt: skip
         if self.dist.distributed:  # report the loss of the global batch, not of rank 0's shard
             sums = torch.tensor([total, float(count)], dtype=torch.float64, device=self.dist.device)
@@ -357,6 +360,25 @@ class Trainer:
         for folder in (self.out, self.out / CHECKPOINT_DIR):
             for path in remove_stale_temporaries(folder) if folder.is_dir() else ():
                 _LOG.info("removed %s, left by an interrupted write", path)
+
+    def _summary(self, resume: str | Path | None) -> str:
+        """The start-of-run line: what is trained, from which weights, for how long, where to."""
+        m, d = self.config["model"], self.config["data"]
+        params = sum(p.numel() for p in self.model.parameters())
+        names = getattr(self.train_set, "class_names", None) or getattr(self.train_set, "classes", None)
+        classes = f"{len(names)} classes" if names is not None else "classes: n/a"
+        if resume and self.start_epoch:
+            weights = f"resumed at epoch {self.start_epoch + 1}"
+        else:
+            sources = [f"pretrained_file {m['pretrained_file']}"] if m["pretrained_file"] else []
+            sources += [f"checkpoint_path {m['checkpoint_path']}"] if m["checkpoint_path"] else []
+            weights = "weights from " + " and ".join(sources) if sources else "initial weights"
+        return (
+            f"run: {m['name']} ({params:,} parameters, {weights}), task {self.config['task']}, {classes}; "
+            f"input {d['img_size']} px, normalisation mean {d['mean']} std {d['std']}; {self.epochs} epochs x "
+            f"{self.steps_per_epoch} steps of batch {d['batch_size']} on {self.dist.device} "
+            f"({torch.get_num_threads()} threads, {self.dist.world_size} process(es)); output {self.out}"
+        )
 
     def _kept_checkpoints(self) -> str:
         last = latest_checkpoint(self.out / CHECKPOINT_DIR)
@@ -479,6 +501,11 @@ class _Logger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _format_row(row: dict[str, Any]) -> str:

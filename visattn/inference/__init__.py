@@ -10,6 +10,7 @@ EMA-aware) serves ``visattn eval``, ``predict``, ``visualize`` and ``export`` an
     results = predict(loaded, ["photo.jpg"], topk=3)
 """
 
+from .api import LoadedRun, load_run
 from .predict import predict, write_predictions
 from .run import (
     MULTILABEL_TASKS,
@@ -22,6 +23,8 @@ from .run import (
 )
 
 __all__ = [
+    "LoadedRun",
+    "load_run",
     "MULTILABEL_TASKS",
     "RunDir",
     "TrainedModel",

@@ -15,6 +15,7 @@ file is seen exactly as at evaluation. What comes out depends on the recipe's ta
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,34 @@ import torch.nn.functional as F
 
 from .run import TrainedModel
 
-__all__ = ["predict", "write_predictions"]
+__all__ = ["IMAGE_SUFFIXES", "expand_images", "predict", "write_predictions"]
+
+#: File suffixes taken from a folder given to :func:`expand_images` (case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def expand_images(items: Sequence[str | Path]) -> list[Path]:
+    """Image files of ``items``: files as given, folders (recursively: files with an image suffix, sorted)
+    and glob patterns (``photos/*.jpg``, ``**`` allowed); one that names nothing is an error naming it."""
+    import glob
+
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"folder {str(path)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+        elif any(c in str(item) for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
+            if not found:
+                raise FileNotFoundError(f"pattern {str(item)!r} matches no file")
+        elif path.is_file():
+            found = [path]
+        else:
+            raise FileNotFoundError(f"image {str(path)!r} does not exist")
+        out.extend(p for p in found if p not in out)
+    return out
 
 
 def _classify(loaded: TrainedModel, path: Path, topk: int, threshold: float) -> dict[str, Any]:
@@ -182,8 +210,24 @@ def predict(
 
 
 def write_predictions(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """The results as JSON (a COCO results list for keypoint predictions)."""
+    """The results as JSON (a COCO results list for keypoint predictions), or ``.csv``: one row per image
+    with its labels and one score column per class (segmentation: one class-fraction column per class)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(list(results), indent=2))
+    if path.suffix.lower() != ".csv":
+        path.write_text(json.dumps(list(results), indent=2))
+        return path
+    rows = []
+    for r in results:
+        if "scores" in r:
+            rows.append({"image": r["image"], "labels": ";".join(r["labels"]), **r["scores"]})
+        elif "class_fractions" in r:
+            rows.append({"image": r["image"], "class_map": r.get("class_map", ""), **r["class_fractions"]})
+        else:
+            raise ValueError(f"{path}: keypoint results are written as JSON (COCO results format), not CSV")
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval=0.0)
+        writer.writeheader()
+        writer.writerows(rows)
     return path

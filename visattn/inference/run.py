@@ -177,7 +177,7 @@ class TrainedModel:
 
         if self.config is None:
             raise ValueError("the recipe's data needs a recipe (--config, or a checkpoint of a run)")
-        return build_datasets(self.config, (role,))[role]
+        return build_datasets(self.config, (role,), class_names=self.class_names)[role]
 
     def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
         """The displayable ``[0, 1]`` image of a model input ``x (C, H, W)``."""
@@ -358,4 +358,7 @@ def evaluate(loaded: TrainedModel, split: str = "val", model: nn.Module | None =
     if loaded.config is None:
         raise ValueError("evaluation needs the recipe the model was trained with")
     model = model if model is not None else loaded.model
-    return build_trainer(loaded.config, train=False, model=model, split=split).evaluate()
+    trainer = build_trainer(
+        loaded.config, train=False, model=model, split=split, class_names=loaded.class_names
+    )
+    return trainer.evaluate()

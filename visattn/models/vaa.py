@@ -30,7 +30,7 @@ the paper / official code:
 
 - Backbone: timm's ``resnet101`` (torchvision-style v1.5, stride on the 3×3 conv); the official model is
   Gluon ``resnet101_v1`` (stride on the first 1×1 conv). Same parameter count, different features.
-  ImageNet weights are a local file, ``backbone_pretrained_file=`` (loaded by timm into the backbone,
+  ImageNet weights are a local file, ``pretrained_backbone=`` (loaded by timm into the backbone,
   its classifier dropped); the factory's ``pretrained_file=`` is a full VAA checkpoint.
 - Normalisation: ``default_cfg`` holds ImageNet mean/std (on 0–1 inputs) for timm's backbone weights.
   The official code subtracts (R, G, B) = (104, 117, 123) from 0–255 pixels, no std; the same transform
@@ -69,6 +69,7 @@ stage-3 released branch alone 105,823,018: its 14×14 full-extent conv is 512·1
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,8 @@ class VAANet(nn.Module):
             primary ``Linear``'s initialisation).
         in_chans, drop_path_rate: passed to the backbone; ``backbone_kwargs``: further backbone options.
         global_pool, drop_rate: pooling type and dropout of the primary branch.
-        backbone_pretrained_file: local ImageNet weights of ``backbone`` (timm loads them; never downloads).
+        pretrained_backbone: local ImageNet weights of ``backbone`` (timm loads them; never downloads) — the
+            same key as CSRA's. ``backbone_pretrained_file``: its former name, still accepted (deprecated).
     """
 
     def __init__(
@@ -125,10 +127,20 @@ class VAANet(nn.Module):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         drop_path_rate: float | None = None,
-        backbone_pretrained_file: str | Path | None = None,
+        pretrained_backbone: str | Path | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        backbone_pretrained_file: str | Path | None = None,
     ) -> None:
         super().__init__()
+        if backbone_pretrained_file is not None:
+            if pretrained_backbone is not None:
+                raise ValueError("give pretrained_backbone (backbone_pretrained_file is its deprecated name), not both")
+            warnings.warn(
+                "VAANet(backbone_pretrained_file=) is deprecated: use pretrained_backbone= (the key CSRA uses too)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            pretrained_backbone = backbone_pretrained_file
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
@@ -136,14 +148,12 @@ class VAANet(nn.Module):
         bb_kwargs = dict(backbone_kwargs or {}, in_chans=in_chans)
         if drop_path_rate is not None:
             bb_kwargs["drop_path_rate"] = drop_path_rate
-        if backbone_pretrained_file is not None:
-            if not Path(backbone_pretrained_file).is_file():
-                raise FileNotFoundError(
-                    f"backbone_pretrained_file {str(backbone_pretrained_file)!r} does not exist"
-                )
-            bb_kwargs["pretrained_cfg_overlay"] = {"file": str(backbone_pretrained_file)}
+        if pretrained_backbone is not None:
+            if not Path(pretrained_backbone).is_file():
+                raise FileNotFoundError(f"pretrained_backbone {str(pretrained_backbone)!r} does not exist")
+            bb_kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_backbone)}
         self.backbone = timm.create_model(
-            backbone, pretrained=backbone_pretrained_file is not None, num_classes=0, **bb_kwargs
+            backbone, pretrained=pretrained_backbone is not None, num_classes=0, **bb_kwargs
         )
         info = stage_info(self.backbone)
         self.layout = layout

@@ -32,6 +32,8 @@ from matplotlib.ticker import MaxNLocator
 
 from visattn.inference import RunDir, evaluate, load_trained_model
 
+from ._text import fit_titles
+
 __all__ = [
     "PER_CLASS_KEYS",
     "evaluate_run",
@@ -122,26 +124,26 @@ def plot_curves(
         ax.tick_params(labelsize=7)
         return best
 
+    titles = []  # set at the end, wrapped to the width each panel gets (see ``_text.fit_titles``)
     draw(axes[0], losses)
-    axes[0].set_title("loss", fontsize=9)
+    titles.append((axes[0], "loss", 9))
     if "lr" in log:
         axes[1].plot(epochs, log["lr"], marker="o", markersize=3, color="tab:green")
         if np.nanmin(log["lr"]) > 0:
             axes[1].set_yscale("log")
-    axes[1].set_title("learning rate (end of epoch)", fontsize=9)
+    titles.append((axes[1], "learning rate (end of epoch)", 9))
     axes[1].set_xlabel("epoch", fontsize=8)
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].grid(alpha=0.3)
     axes[1].tick_params(labelsize=7)
     best = draw(axes[2], fractions)
-    axes[2].set_title(f"validation metrics{best}", fontsize=9)
+    titles.append((axes[2], f"validation metrics{best}", 9))
     if fractions:
         axes[2].set_ylim(-0.02, 1.02)
     if others:
         best = draw(axes[3], others)
-        axes[3].set_title(f"other validation values{best}", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
+        titles.append((axes[3], f"other validation values{best}", 9))
+    fit_titles(fig, titles, suptitle=title, suptitle_size=10)
     if path is not None:
         fig.savefig(Path(path), dpi=dpi, format="png")
     return fig
@@ -182,9 +184,9 @@ def plot_per_class(
     ax.set_xlim(-0.6, v.size - 0.4)
     ax.set_ylim(0, 1.05 if not ok.any() or v[ok].max() <= 1 else float(v[ok].max()) * 1.05)
     ax.set_ylabel(label, fontsize=8)
-    ax.set_title(title or f"per-class {label}", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="y", alpha=0.3)
+    fit_titles(fig, [(ax, title or f"per-class {label}", 9)])
     if path is not None:
         fig.savefig(Path(path), dpi=dpi, format="png")
     return fig
@@ -238,10 +240,10 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted", fontsize=8)
     ax.set_ylabel("true", fontsize=8)
     accuracy = float(np.trace(cm) / max(cm.sum(), 1))
-    ax.set_title(title or f"confusion matrix (accuracy {accuracy:.4f}, {cm.sum():.0f} samples)", fontsize=9)
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     bar.set_label("fraction of the true class" if normalize else "count", fontsize=7)
     bar.ax.tick_params(labelsize=7)
+    fit_titles(fig, [(ax, title or f"confusion matrix (accuracy {accuracy:.4f}, {cm.sum():.0f} samples)", 9)])
     if path is not None:
         fig.savefig(Path(path), dpi=dpi, format="png")
     return fig

@@ -128,17 +128,39 @@ def describe_split(config: Mapping[str, Any], role: str) -> str:
     return f"split {d['train_split'] if role == 'train' else d['val_split']!r}"
 
 
-def build_split(config: Mapping[str, Any], role: str, transform: Callable | None) -> Dataset:
+def build_split(
+    config: Mapping[str, Any], role: str, transform: Callable | None, classes: Sequence[str] | None = None
+) -> Dataset:
     """The dataset of one role (``train``, ``val``, ``test``) of a recipe, with ``transform``.
 
     Without ``data.val_split`` the training split is divided by :func:`visattn.data.holdout_indices`
     (``data.val_fraction``, seed ``train.seed``): ``train`` is the kept part, ``val`` the held-out part.
+    ``classes``: the training vocabulary; formats that name classes per split (CSV/JSON headers, folders)
+    are built with it, so columns are matched by name (a missing or unknown name is an error), and any
+    dataset whose class names still differ from it is refused.
     """
-    from visattn.data import HeldOut, create_dataset, holdout_indices
+    from visattn.data.factory import takes_vocabulary
 
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    d = config["data"]
+    d = dict(config["data"])
+    if classes is not None and takes_vocabulary(d["name"]) and "classes" not in d["kwargs"]:
+        d["kwargs"] = {**d["kwargs"], "classes": list(classes)}
+    dataset = _create_split(config, d, role, transform)
+    names = getattr(dataset, "class_names", None)
+    if classes is not None and names is not None and [str(n) for n in names] != [str(c) for c in classes]:
+        raise ValueError(
+            f"the {role} data ({describe_split(config, role)}) has classes {list(names)}, the model was trained "
+            f"on {list(classes)}: class names must match the training vocabulary, in its order"
+        )
+    return dataset
+
+
+def _create_split(
+    config: Mapping[str, Any], d: Mapping[str, Any], role: str, transform: Callable | None
+) -> Dataset:
+    from visattn.data import HeldOut, create_dataset, holdout_indices
+
     if role == "test" and not d["test_split"]:
         raise ValueError("the recipe has no test split (data.test_split)")
     split = {"train": d["train_split"], "val": d["val_split"], "test": d["test_split"]}[role]
