@@ -209,3 +209,25 @@ def test_start_of_run_summary_and_eta(tmp_path, caplog):
         and all("ETA" in m for m in steps)
         and steps[-1].split("ETA ")[1].startswith("0:00:00")
     )
+
+
+def test_list_layout_test_split_uses_the_training_vocabulary(tmp_path):
+    """A list-layout test file naming fewer classes than training no longer builds its own (shorter,
+    re-indexed) vocabulary: it is read with the training split's."""
+    for i in range(3):
+        _image(tmp_path / f"{i}.png", i)
+    train = _csv(
+        tmp_path / "train.csv",
+        ["path", "positive"],
+        [("0.png", "cat;dog"), ("1.png", "owl"), ("2.png", "dog")],
+    )
+    test = _csv(tmp_path / "test.csv", ["path", "positive"], [("2.png", "owl")])  # no cat, no dog
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "task: multilabel\nmodel: {name: glyphnet, kwargs: {in_chans: 3, width: 8}}\n"
+        f"data: {{name: multilabel_csv, kwargs: {{files: {{train: {train}, test: {test}}}, encoding: binary}}, "
+        "test_split: test, img_size: 16}\n"
+    )
+    data = build_datasets(load_config(recipe), ("train", "test"))
+    assert data["train"].class_names == data["test"].class_names == ["cat", "dog", "owl"]
+    torch.testing.assert_close(data["test"].targets, torch.tensor([[0.0, 0.0, 1.0]]))
