@@ -93,6 +93,21 @@ def test_csra_maps_peak_on_glyphs_of_their_class(csra_run):
     assert [p.group for p in panels] == ["CSRA"] * 3
     assert panels[0].class_name == loaded.class_names[int(torch.sigmoid(record.output[0]).argmax())]
     np.testing.assert_array_equal(panels[0].heat, scores[0, int(panels[0].class_name)].numpy())
+    # Drawn as sigmoid(S) on a fixed [0, 1] scale, so the most probable class is drawn hotter than the
+    # least probable one, which is mostly cold (a per-map stretch drew every class from blue to red).
+    # Measured on this run, item 0: mean sigmoid(S) 0.39 for the top class (p 0.66), 0.085 for the last
+    # (p 0.04), whose peak still reaches 0.42 where its score is locally positive.
+    panels = attention_panels(record, 0, loaded.class_names, topk=10)
+    fig = render_contact_sheet(images[0], panels)
+    drawn = [ax.images[-1] for ax in fig.axes if ax.get_title().startswith("CSRA")]
+    assert len(drawn) == 10
+    for panel, im in zip(panels, drawn, strict=True):
+        assert (im.norm.vmin, im.norm.vmax) == (0.0, 1.0)
+        np.testing.assert_allclose(
+            im.get_array(), torch.sigmoid(torch.from_numpy(panel.heat)).numpy(), rtol=1e-6
+        )
+    assert drawn[0].get_array().mean() > drawn[-1].get_array().mean()
+    assert drawn[-1].get_array().mean() < 0.25
 
 
 def test_visualize_samples_and_files(csra_run, tmp_path):

@@ -40,6 +40,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         pixels=args.pixels,
         layers=args.layers,
         gradcam=gradcam,
+        scale=args.scale,
         ncols=args.ncols,
     )
     for path in written:
@@ -82,6 +83,13 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--layers", nargs="+", metavar="PATTERN", help="module-name patterns to keep")
     p.add_argument("--ncols", type=int, default=4, help="panels per row")
+    p.add_argument(
+        "--scale",
+        choices=("fixed", "per-map"),
+        default="fixed",
+        help="fixed: each map kind on its own fixed range, e.g. CSRA sigmoid(S) on 0-1 (default); "
+        "per-map: every map stretched to its own min-max",
+    )
     p.add_argument(
         "--gradcam",
         nargs="?",

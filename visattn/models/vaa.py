@@ -134,7 +134,9 @@ class VAANet(nn.Module):
         super().__init__()
         if backbone_pretrained_file is not None:
             if pretrained_backbone is not None:
-                raise ValueError("give pretrained_backbone (backbone_pretrained_file is its deprecated name), not both")
+                raise ValueError(
+                    "give pretrained_backbone (backbone_pretrained_file is its deprecated name), not both"
+                )
             warnings.warn(
                 "VAANet(backbone_pretrained_file=) is deprecated: use pretrained_backbone= (the key CSRA uses too)",
                 DeprecationWarning,

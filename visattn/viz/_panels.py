@@ -90,14 +90,22 @@ def collect_attention(model: nn.Module, images: torch.Tensor) -> AttentionRecord
 class Panel:
     """One cell of a contact sheet: a heat map over the image, or a bar chart.
 
+    The colour of a heat map must mean the same on every panel of a kind: a per-map min–max stretch draws
+    a class of probability 0.03 as hot as one of 0.97, and a PSA mask spanning 0.40–0.56 as a
+    high-contrast picture. So a panel carries, next to the raw ``heat``, the map to draw on a fixed
+    scale (``shown`` on ``vrange``, described by ``label``); ``render_contact_sheet(scale="per-map")``
+    still draws the raw map stretched to its own min and max.
+
     Attributes:
         title: label (module name, class, value range).
         group: attention type (``"CSRA"``, ``"VAA"``, ``"RAN"``, ``"PSA"``, ``"SAN"``, ``"Grad-CAM"``, ...);
             each group starts a new row of the sheet.
-        heat: ``(h, w)`` map stretched over the whole image.
+        heat: ``(h, w)`` map as recorded (e.g. the CSRA score ``S``), stretched over the whole image.
         bars: 1-D values drawn as a bar chart (PSA channel weights).
         points: ``(y, x)`` image pixels to mark (SAN query pixels, CSRA peaks).
-        vrange: colour range (default: the map's min and max).
+        shown: the map drawn on the ``vrange`` scale when it differs from ``heat`` (e.g. ``sigmoid(S)``).
+        vrange: colour range of ``shown`` (or ``heat``); ``None``: the map's own min and max.
+        label: what the colour bar shows (``"sigmoid(S), 0–1"``); empty: a per-map min–max label.
         nearest: nearest-neighbour display (SAN footprints) instead of bilinear (always for maps with a
             side of 4 cells or fewer, where smoothing would invent structure).
         class_name: the class the map belongs to (ground-truth boxes of that class are drawn).
@@ -109,7 +117,9 @@ class Panel:
     heat: np.ndarray | None = None
     bars: np.ndarray | None = None
     points: tuple[tuple[float, float], ...] = ()
+    shown: np.ndarray | None = None
     vrange: tuple[float, float] | None = None
+    label: str = ""
     nearest: bool = False
     class_name: str | None = None
     module: str = ""
@@ -214,11 +224,18 @@ def _class_panels(
     family: str,
     module: str,
     kind: str,
+    evidence: torch.Tensor | None = None,
+    label: str = "",
 ) -> list[Panel]:
-    """One panel per top-scoring class of a ``(num_classes, h, w)`` class-map stack (CSRA, VAA)."""
+    """One panel per top-scoring class of a ``(num_classes, h, w)`` class-map stack (CSRA, VAA).
+
+    ``evidence``: the stack drawn on the fixed scale [0, 1] (described by ``label``), computed from the
+    whole stack because a softmax over classes needs every class; ``None`` draws the map per-map.
+    """
     panels = []
     for c, p in _top_classes(maps, probs, topk):
         heat = maps[c].numpy()
+        shown = None if evidence is None else evidence[c].numpy()
         prob = "" if p is None else f" p={p:.2f}"
         cname = _name(class_names, c)
         panels.append(
@@ -227,12 +244,43 @@ def _class_panels(
                 family,
                 heat=heat,
                 points=(_peak(heat, size),),
+                shown=shown,
+                vrange=None if shown is None else (0.0, 1.0),
+                label=label if shown is not None else "",
                 class_name=cname,
                 module=module,
                 kind=kind,
             )
         )
     return panels
+
+
+def _score_evidence(score: torch.Tensor, multilabel: bool) -> tuple[torch.Tensor, str]:
+    """CSRA class score maps ``S (C, h, w)`` as per-position class probabilities, and their colour-bar label.
+
+    ``S`` is a class logit at each position (the head's logit is its mean plus ``λ`` times its
+    attention-weighted mean), so the sigmoid (multi-label) or the softmax over classes (single-label) that
+    turns the model's logits into its prediction turns ``S`` into the class probability that position
+    alone would give: an absent class stays cold wherever its score is low, instead of being stretched to
+    red like a present one.
+    """
+    if multilabel:
+        return torch.sigmoid(score), "sigmoid(S), 0–1"
+    return torch.softmax(score, dim=0), "softmax over classes of S, 0–1"
+
+
+def _mask_times_probability(mask: torch.Tensor, probs: torch.Tensor | None) -> torch.Tensor | None:
+    """VAA spatial softmax ``M (C, h, w)`` relative to its peak, times the predicted class probability.
+
+    ``M`` sums to 1 over the positions of every class, present or not, so it carries no class evidence of
+    its own (and its values shrink with the grid size): the shape of ``M`` is shown and its peak gets the
+    colour of the class probability ``p``. ``None`` when the output has no probability per class of the
+    stack (then the map is drawn per-map).
+    """
+    if probs is None or probs.numel() != mask.shape[0]:
+        return None
+    peak = mask.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    return mask / peak * probs.view(-1, 1, 1)
 
 
 def attention_panels(
@@ -251,7 +299,8 @@ def attention_panels(
         topk: classes shown per CSRA head / VAA scale: the ``topk`` most probable ones.
         pixels: ``(y, x)`` image pixels whose SAN aggregation weights are shown (default: the centre).
         layers: shell-style patterns of module names to keep (default: all), e.g. ``["layer4.*"]``.
-        multilabel: probabilities are sigmoids (else softmax) of the model output.
+        multilabel: probabilities are sigmoids (else softmax) of the model output; CSRA score maps are
+            drawn through the same function (``Panel.shown``).
     """
     H, W = record.image_size
     probs_all = _scores(record.output, multilabel)
@@ -264,21 +313,30 @@ def attention_panels(
         module = record.modules.get(name)
         label = name or "<model>"
         if isinstance(module, CSRA) and "score" in kinds:
+            score = kinds["score"][index]
             title = f"CSRA {label} {_temperature(module)}"
+            evidence, bar = _score_evidence(score, multilabel)
             panels += _class_panels(
-                kinds["score"][index], probs, topk, class_names, (H, W), title, "CSRA", name, "score"
+                score, probs, topk, class_names, (H, W), title, "CSRA", name, "score", evidence, bar
             )
         elif isinstance(module, AttentionAggregation) and "mask" in kinds:
             mask = kinds["mask"][index]
             title = f"VAA {label} {mask.shape[-2]}x{mask.shape[-1]}"
-            panels += _class_panels(mask, probs, topk, class_names, (H, W), title, "VAA", name, "mask")
+            evidence, bar = _mask_times_probability(mask, probs), "p · M / max M, 0–1"
+            panels += _class_panels(
+                mask, probs, topk, class_names, (H, W), title, "VAA", name, "mask", evidence, bar
+            )
         elif isinstance(module, AttentionModule) and "mask" in kinds:
             mask = kinds["mask"][index]
+            # "mixed"/"spatial" masks are sigmoids in (0, 1); the "channel" one is an L2 direction (signed).
+            bounded = getattr(module, "mask_activation", "mixed") != "channel"
             panels.append(
                 Panel(
                     f"RAN {label}\nsoft mask, mean of {mask.shape[0]} ch",
                     "RAN",
                     heat=mask.mean(0).numpy(),
+                    vrange=(0.0, 1.0) if bounded else None,
+                    label="mask M (mean over ch), 0–1" if bounded else "",
                     module=name,
                     kind="mask",
                 )
@@ -289,6 +347,8 @@ def attention_panels(
                     f"PSA {label}\nspatial mask",
                     "PSA",
                     heat=kinds["spatial"][index, 0].numpy(),
+                    vrange=(0.0, 1.0),  # a sigmoid: the factor each position is multiplied by
+                    label="mask A_sp, 0–1",
                     module=name,
                     kind="spatial",
                 )
@@ -327,6 +387,9 @@ def attention_panels(
                         "SAN",
                         heat=np.ma.masked_equal(grid, 0.0),
                         points=((y, x),),
+                        # Softmax weights over the footprint (sum 1): 0 kept as the bottom of the scale.
+                        vrange=(0.0, max(float(grid.max()), 1e-12)),
+                        label="weight (sum 1), 0–max",
                         nearest=True,
                         module=name,
                         kind="weights",

@@ -70,16 +70,19 @@ def fit_titles(
 
     Args:
         fig: a figure with ``layout="constrained"`` whose axes are in place (titles not yet set).
-        titles: ``(axes, text, fontsize)``: the title of each axes, wrapped to the axes' layout width
-            (for an axes with a fixed aspect, the box the layout gave it: the title is centred on it).
+        titles: ``(axes, text, fontsize)``: the title of each axes, wrapped to the width of the axes as
+            drawn (for an axes with a fixed aspect, the box its aspect leaves: the title is centred on it).
         suptitle, suptitle_size: figure title, wrapped to the figure width less
             :data:`TITLE_MARGIN_IN` on each side.
     """
     fig.draw_without_rendering()  # constrained layout places the axes; their widths do not depend on titles
     fig_width = fig.bbox.width
     for ax, text, size in titles:
-        width = ax.get_position(original=True).width * fig_width
+        width = ax.get_position().width * fig_width
         ax.set_title(wrap_to_width(text, width, size, fig.dpi), fontsize=size)
     if suptitle:
         width = fig_width - 2 * TITLE_MARGIN_IN * fig.dpi
         fig.suptitle(wrap_to_width(suptitle, width, suptitle_size, fig.dpi), fontsize=suptitle_size)
+    # Lay out once more with the wrapped titles: an axes with a fixed aspect (a confusion matrix) is
+    # centred in its box, and constrained layout needs a second pass to move a tall title inside the figure.
+    fig.draw_without_rendering()

@@ -126,6 +126,9 @@ def gradcam_panels(
                 "Grad-CAM",
                 heat=heat,
                 points=((i // w, i % w),),
+                # pytorch-grad-cam already rescales each map to [0, 1]: it carries no class evidence.
+                vrange=(0.0, 1.0),
+                label="Grad-CAM (per-map norm.), 0–1",
                 class_name=cls,
                 module=name,
                 kind=method,

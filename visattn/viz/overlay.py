@@ -5,20 +5,26 @@ Everything a model's visattn layers record (:func:`visattn.record_attention`) be
 =====================  ==============================================================================
 layer                  panel
 =====================  ==============================================================================
-``CSRA`` (each head)   class score map ``S`` of each of the top-k predicted classes, peak marked ``+``
-``AttentionAggregation``  VAA per-class spatial softmax ``M`` of the top-k classes, one per scale (branch)
-``AttentionModule``    RAN soft mask ``M``, mean over channels, one per module (stage)
-``SpatialOnlyAttention``  PSA spatial mask ``A_sp`` in (0, 1)
+``CSRA`` (each head)   class score map ``S`` of each of the top-k predicted classes, peak marked ``+``,
+                       drawn as ``sigmoid(S)`` (softmax over classes for single-label models) on [0, 1]
+``AttentionAggregation``  VAA per-class spatial softmax ``M`` of the top-k classes, one per scale (branch),
+                       drawn as ``p · M / max M`` on [0, 1] (``p``: the class probability)
+``AttentionModule``    RAN soft mask ``M``, mean over channels, one per module (stage), on [0, 1]
+``SpatialOnlyAttention``  PSA spatial mask ``A_sp`` in (0, 1), on [0, 1]
 ``ChannelOnlyAttention``  PSA channel weights ``A_ch`` as a bar chart
 SAN pairwise/patchwise  aggregation weights (mean over the weight channels) of the footprint of chosen
-                       pixels, drawn where they read on the image (reflect padding folded back)
-other sources          the mean over channels of each 4-D map
+                       pixels, drawn where they read on the image (reflect padding folded back), on
+                       [0, max]
+other sources          the mean over channels of each 4-D map, per-map min–max
 =====================  ==============================================================================
 
 Maps are stretched over the image (a map cell covers ``H/h × W/w`` pixels, as in
-:func:`visattn.demo.peak_in_glyph_rate`); each panel has its own colour bar. Only matplotlib's object API is
-used (``Figure`` + Agg canvas): no pyplot state, no backend switch, no OpenCV, safe in notebooks and
-threads. For notebooks: ``fig = visualize(model, x, class_names=...)`` returns the figure.
+:func:`visattn.demo.peak_in_glyph_rate`), keeping the input's aspect ratio; each panel has a colour bar
+whose label names its scale. The scales are fixed where the quantity has one, so that a class of
+probability 0.03 is drawn cold and one of 0.97 hot; ``scale="per-map"`` stretches every raw map to its own
+min and max instead (the former look). Only matplotlib's object API is used (``Figure`` + Agg canvas): no
+pyplot state, no backend switch, no OpenCV, safe in notebooks and threads. For notebooks:
+``fig = visualize(model, x, class_names=...)`` returns the figure.
 
 Layout: this module holds the one-call entry points :func:`visualize` and :func:`visualize_run`
 (``visattn visualize``) and re-exports the rest: recording and panels live in ``_panels.py``, drawing in
@@ -48,6 +54,7 @@ from ._panels import (
     collect_attention,
     san_footprint,
 )
+from ._sheet import SCALES as SCALES
 from ._sheet import render_contact_sheet
 from ._sheet import sheet_size as sheet_size
 
@@ -87,6 +94,7 @@ def visualize(
     path: str | Path | None = None,
     ncols: int = 4,
     gradcam: bool | str = False,
+    scale: str = "fixed",
 ) -> Figure:
     """Contact sheet of every attention map ``model`` computes on one input ``x (C, H, W)``.
 
@@ -100,6 +108,9 @@ def visualize(
         path: also save the PNG here.
         gradcam: add Grad-CAM maps of the same top-k classes (needs ``pytorch-grad-cam``; a string names
             the target layer, ``True`` picks the last convolution before the head).
+        scale: colour scales, ``"fixed"`` (default: probabilities and masks on [0, 1], CSRA maps as
+            ``sigmoid(S)``) or ``"per-map"`` (each raw map stretched to its own min and max); see
+            :func:`render_contact_sheet`.
     """
     if x.dim() == 4:
         x = x[0]
@@ -121,7 +132,7 @@ def visualize(
     if not panels:
         title = (title + "\n" if title else "") + "(no visattn attention layer ran)"
     text = "\n".join(t for t in (title, _prediction_text(probs, class_names, multilabel, topk)) if t)
-    return render_contact_sheet(display, panels, title=text, boxes=boxes, ncols=ncols, path=path)
+    return render_contact_sheet(display, panels, title=text, boxes=boxes, ncols=ncols, path=path, scale=scale)
 
 
 def _parse_pixels(pixels: Sequence[str | tuple[float, float]] | None) -> list[tuple[float, float]] | None:
@@ -148,6 +159,7 @@ def visualize_run(
     layers: Sequence[str] | None = None,
     gradcam: bool | str = False,
     ncols: int = 4,
+    scale: str = "fixed",
 ) -> list[Path]:
     """``visattn visualize``: one contact sheet PNG per image file (and per validation sample).
 
@@ -155,7 +167,8 @@ def visualize_run(
     recipe, or a registered name); image files go through its evaluation pipeline
     (:meth:`~visattn.inference.TrainedModel.input_of`), so a map shows what ``visattn eval`` scores.
     ``samples``: also draw the first ``samples`` items of the recipe's validation split, with their
-    ground-truth boxes when the dataset has them (glyph canvases). Returns the written files
+    ground-truth boxes when the dataset has them (glyph canvases). ``scale``: ``"fixed"`` or
+    ``"per-map"`` colour scales (:func:`visualize`). Returns the written files
     (``<image stem>_attention.png``, ``sample_NNNN_attention.png``).
     """
     out_dir = Path(out_dir)
@@ -171,6 +184,7 @@ def visualize_run(
         layers=layers,
         gradcam=gradcam,
         ncols=ncols,
+        scale=scale,
     )
     written = []
     for image in images:

@@ -15,6 +15,10 @@
 The per-class and confusion figures need a metrics dict: pass the one a task's metric ``compute()`` returned
 (the ``visattn train`` hook passes the test split's, else the last epoch's), or ``evaluate=True`` to evaluate
 the run's ``best.safetensors`` on its test (else selection) split first. Matplotlib's object API only (no pyplot, no backend switch).
+
+Titles (run name, model name, best metric) are wrapped to the width their panel or figure has after layout
+(``_text.fit_titles``): matplotlib does not wrap text, and a long run name used to be cut off at the
+figure edge.
 """
 
 from __future__ import annotations
@@ -243,6 +247,10 @@ def plot_confusion_matrix(
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     bar.set_label("fraction of the true class" if normalize else "count", fontsize=7)
     bar.ax.tick_params(labelsize=7)
+    # The square matrix sits at the top right of its layout box, next to its colour bar (set after the
+    # colour bar, which resets the anchor): its title then stands where constrained layout reserved room
+    # for it, whereas centred vertically, a tall wrapped title would be pushed past the top edge.
+    ax.set_anchor("NE")
     fit_titles(fig, [(ax, title or f"confusion matrix (accuracy {accuracy:.4f}, {cm.sum():.0f} samples)", 9)])
     if path is not None:
         fig.savefig(Path(path), dpi=dpi, format="png")
