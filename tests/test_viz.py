@@ -147,7 +147,7 @@ def test_training_report_from_a_real_run(csra_run, tmp_path):
     shutil.copytree(csra_run[0], run)
     log = read_log(run / "log.csv")
     assert list(log["epoch"]) == [1, 2, 3] and "mAP" in log and "lr" in log
-    metrics = evaluate_run(run)  # the best checkpoint on the validation split, per-class AP included
+    metrics = evaluate_run(run)  # the best checkpoint on the test split, per-class AP included
     assert metrics["AP"].shape == (10,)
     written = write_training_report(run, metrics=metrics, metrics_source="last epoch")
     assert [p.name for p in written] == ["report_curves.png", "report_per_class.png"]

@@ -27,7 +27,9 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from visattn.viz.overlay import visualize_run
 
     if not args.images and not args.samples:
-        raise ValueError("give image files and/or --samples N (items of the recipe's validation split)")
+        raise ValueError(
+            "give image files and/or --samples N (items of the recipe's test, else selection, split)"
+        )
     gradcam: bool | str = False
     if args.gradcam is not None:
         gradcam = args.gradcam or True
@@ -76,7 +78,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--topk", type=int, default=3, help="classes shown per CSRA head / VAA scale")
     p.add_argument(
-        "--samples", type=int, default=0, help="also draw the first N items of the validation split"
+        "--samples",
+        type=int,
+        default=0,
+        help="also draw the first N items of the test split (else the selection split)",
     )
     p.add_argument(
         "--pixels", nargs="+", metavar="Y,X", help="image pixels for SAN weights (default: the centre)"

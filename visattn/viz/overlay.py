@@ -166,7 +166,8 @@ def visualize_run(
     ``loaded``: from :func:`visattn.inference.load_trained_model` (checkpoint + its run's ``config.json``, a
     recipe, or a registered name); image files go through its evaluation pipeline
     (:meth:`~visattn.inference.TrainedModel.input_of`), so a map shows what ``visattn eval`` scores.
-    ``samples``: also draw the first ``samples`` items of the recipe's validation split, with their
+    ``samples``: also draw the first ``samples`` items of the recipe's test split (its selection split when it
+    has none), with their
     ground-truth boxes when the dataset has them (glyph canvases). ``scale``: ``"fixed"`` or
     ``"per-map"`` colour scales (:func:`visualize`). Returns the written files
     (``<image stem>_attention.png``, ``sample_NNNN_attention.png``).
@@ -197,7 +198,8 @@ def visualize_run(
             raise ValueError(
                 "--samples needs a recipe (--config, or a checkpoint with its run's config.json)"
             )
-        dataset = loaded.dataset("val")
+        role = "test" if loaded.config["data"]["test_split"] else "val"
+        dataset = loaded.dataset(role)
         all_boxes = getattr(dataset, "boxes", None)
         for i in range(min(samples, len(dataset))):
             item = dataset[i]
@@ -210,7 +212,7 @@ def visualize_run(
             visualize(
                 loaded.model,
                 x,
-                title=f"{loaded.name}: validation item {i}{truth}",
+                title=f"{loaded.name}: {role} item {i}{truth}",
                 boxes=all_boxes[i] if all_boxes is not None else None,
                 path=path,
                 **common,
