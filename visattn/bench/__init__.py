@@ -34,13 +34,12 @@ and the subcommand's parser and printing in :mod:`visattn.cli.bench`.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ import torch
 
 from visattn.models import count_macs, count_parameters, create_model, default_flop_convention
 from visattn.utils.allocator import allocator_setting
+from visattn.utils.tables import write_csv
 
 from .memory import PeakRSS, peak_tensor_memory, quiet_native_output
 
@@ -279,15 +279,3 @@ def benchmark_model(
         "iters": iters,
     }
     return row
-
-
-def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
-    """Rows (possibly with different columns) to one CSV; columns in first-seen order."""
-    fields: list[str] = []
-    for r in rows:
-        fields.extend(k for k in r if k not in fields)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in r.items()})

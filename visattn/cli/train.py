@@ -9,7 +9,6 @@ writes every figure, per-class values and class names included, with ``--output`
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from visattn.engine.tasks import describe_split
 from visattn.inference import evaluate
 from visattn.models import residual_attention
 from visattn.utils.distributed import is_main_process
+from visattn.utils.tables import write_csv
 
 from .options import add_allocator, add_run_options, add_set, add_threads, apply_allocator, load_run
 
@@ -130,11 +130,7 @@ def write_metrics(records: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
             rows.append({**scalars, "class": name, **{k: v[i] for k, v in columns.items()}})
         if not record["class_names"]:
             rows.append(scalars)
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows)
     return path
 
 

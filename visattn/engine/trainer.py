@@ -14,7 +14,6 @@ the engine imports nothing above it.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from visattn.utils.distributed import DistInfo, barrier, init_distributed, seed_everything
+from visattn.utils.tables import write_csv
 
 from .checkpoint import (
     BEST_FILE,
@@ -483,15 +483,7 @@ class _Logger:
         """Write ``log.csv`` from the run's history (one row per finished epoch) atomically; TensorBoard gets
         the newest row. The history is part of every checkpoint, so a resumed run's log is exactly the rows
         up to its checkpoint, whatever a kill interrupted."""
-        fields = list(dict.fromkeys(k for r in history for k in r))
-
-        def write(path: Path) -> None:
-            with path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(history)
-
-        write_atomic(self.path, write)
+        write_atomic(self.path, lambda path: write_csv(path, history))
         row = history[-1]
         if self.writer is not None:
             for key, value in row.items():

@@ -15,7 +15,6 @@ file is seen exactly as at evaluation. What comes out depends on the recipe's ta
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from visattn.utils.tables import write_csv
 
 from .run import TrainedModel
 
@@ -225,9 +226,5 @@ def write_predictions(results: Sequence[dict[str, Any]], path: str | Path) -> Pa
             rows.append({"image": r["image"], "class_map": r.get("class_map", ""), **r["class_fractions"]})
         else:
             raise ValueError(f"{path}: keypoint results are written as JSON (COCO results format), not CSV")
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval=0.0)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows, missing=0.0)  # a class absent from one image's map: fraction 0
     return path
