@@ -20,7 +20,7 @@ import torch
 from visattn.config import load_config, parse_overrides
 from visattn.engine.build import build_trainer
 from visattn.engine.quickstart import quick_recipe
-from visattn.engine.tasks import describe_split
+from visattn.engine.tasks import class_names_of, describe_split
 from visattn.inference import evaluate
 from visattn.models import residual_attention
 from visattn.utils.distributed import is_main_process
@@ -167,7 +167,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if lambdas != [None]:
             raise ValueError("--residual-attention / --sweep-lambda need --checkpoint (a trained model)")
         trainer = build_trainer(config, train=False, split=split)
-        names = getattr(trainer.val_set, "class_names", None) or []
+        names = class_names_of(trainer.val_set) or []
         records.append(metrics_record(trainer.evaluate(), where, names))
     if not is_main_process():
         return 0

@@ -18,6 +18,7 @@ from visattn.utils.distributed import DistInfo, init_distributed, seed_everythin
 from .checkpoint import load_model_weights
 from .tasks import (
     build_split,
+    class_names_of,
     get_task_spec,
     image_transform,
     input_channels,
@@ -58,9 +59,8 @@ def build_datasets(
     for role in sorted(splits, key=lambda r: r != "train"):  # the training split fixes the vocabulary
         t = make_transform(config, role == "train") if transform else None
         out[role] = build_split(config, role, t, classes=vocabulary)
-        names = getattr(out[role], "class_names", None)
-        if vocabulary is None and role == "train" and names is not None:
-            vocabulary = [str(n) for n in names]
+        if vocabulary is None and role == "train":
+            vocabulary = class_names_of(out[role])
     return {role: out[role] for role in splits}
 
 

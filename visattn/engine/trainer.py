@@ -53,7 +53,7 @@ from .checkpoint import (
     write_atomic,
 )
 from .optim import build_optimizer, build_scheduler
-from .tasks.base import describe_split
+from .tasks.base import class_names_of, describe_split
 
 __all__ = ["Trainer", "TrainingDivergedError"]
 
@@ -192,9 +192,9 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
-            names = getattr(self.train_set, "class_names", None)
+            names = class_names_of(self.train_set)
             if names is not None:
-                (self.out / CLASS_NAMES_FILE).write_text(json.dumps([str(n) for n in names]))
+                (self.out / CLASS_NAMES_FILE).write_text(json.dumps(names))
         logger = _Logger(self.out) if self.dist.is_main else None
         if self.dist.is_main:
             _LOG.info(self._summary(resume))
@@ -365,7 +365,7 @@ class Trainer:
         """The start-of-run line: what is trained, from which weights, for how long, where to."""
         m, d = self.config["model"], self.config["data"]
         params = sum(p.numel() for p in self.model.parameters())
-        names = getattr(self.train_set, "class_names", None) or getattr(self.train_set, "classes", None)
+        names = class_names_of(self.train_set)
         classes = f"{len(names)} classes" if names is not None else "classes: n/a"
         if resume and self.start_epoch:
             weights = f"resumed at epoch {self.start_epoch + 1}"

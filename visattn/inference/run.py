@@ -195,14 +195,14 @@ def _per_channel(values: Sequence[float], channels: int) -> tuple[float, ...]:
 
 def _recipe_class_names(config: Mapping[str, Any]) -> list[str] | None:
     from visattn.engine.build import build_datasets
+    from visattn.engine.tasks import class_names_of
 
     try:
         dataset = build_datasets(config, ("val",), transform=False)["val"]
     except (OSError, ValueError, KeyError, ImportError) as err:
         warnings.warn(f"cannot read class names from the recipe's validation data ({err})", stacklevel=3)
         return None
-    names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
-    return [str(n) for n in names] if names is not None else None
+    return class_names_of(dataset)
 
 
 def _from_recipe(

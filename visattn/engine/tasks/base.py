@@ -25,6 +25,7 @@ __all__ = [
     "TaskSpec",
     "build_split",
     "check_metric_name",
+    "class_names_of",
     "describe_split",
     "input_channels",
     "get_task_spec",
@@ -147,8 +148,8 @@ def build_split(
     if classes is not None and takes_vocabulary(d["name"]) and "classes" not in d["kwargs"]:
         d["kwargs"] = {**d["kwargs"], "classes": list(classes)}
     dataset = _create_split(config, d, role, transform)
-    names = getattr(dataset, "class_names", None)
-    if classes is not None and names is not None and [str(n) for n in names] != [str(c) for c in classes]:
+    names = class_names_of(dataset)
+    if classes is not None and names is not None and names != [str(c) for c in classes]:
         raise ValueError(
             f"the {role} data ({describe_split(config, role)}) has classes {list(names)}, the model was trained "
             f"on {list(classes)}: class names must match the training vocabulary, in its order"
@@ -208,9 +209,15 @@ def model_input_fn(config: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.
     return (spec.image_input or _float_then_transform)(config)
 
 
+def class_names_of(dataset: Dataset | None) -> list[str] | None:
+    """The class names a dataset declares (``class_names``, else ``classes``), as strings; ``None`` if none."""
+    names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
+    return [str(n) for n in names] if names is not None else None
+
+
 def num_classes_of(dataset: Dataset) -> int | None:
     """Class count a dataset declares (``class_names`` or a 2-D ``targets`` matrix), if any."""
-    names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
+    names = class_names_of(dataset)
     if names is not None:
         return len(names)
     targets = getattr(dataset, "targets", None)

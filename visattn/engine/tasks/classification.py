@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from visattn.metrics.classification import ClassificationMetrics
 
-from .base import TaskSpec, check_metric_name, num_classes_of, register_task, task_options
+from .base import TaskSpec, check_metric_name, class_names_of, num_classes_of, register_task, task_options
 
 __all__ = ["SingleLabelTask", "SmoothedCrossEntropy", "TASK_OPTIONS"]
 
@@ -166,9 +166,7 @@ def build_classification_task(
         num_classes = num_classes_of(train_set) if train_set is not None else None
     if not num_classes:
         raise ValueError("task classification: cannot tell the number of classes (model.num_classes)")
-    names = None
-    if train_set is not None:
-        names = getattr(train_set, "class_names", None) or getattr(train_set, "classes", None)
+    names = class_names_of(train_set)
     return SingleLabelTask(
         num_classes,
         label_smoothing=options.get("label_smoothing", 0.0),

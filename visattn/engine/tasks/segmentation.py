@@ -38,7 +38,7 @@ from visattn.data.joint_transforms import build_segmentation_transform
 from visattn.metrics.segmentation import SegmentationMetrics
 from visattn.models.segmentation import segment
 
-from .base import TaskSpec, check_metric_name, input_channels, register_task, task_options
+from .base import TaskSpec, check_metric_name, class_names_of, input_channels, register_task, task_options
 
 __all__ = ["SegmentationTask", "ohem_cross_entropy"]
 
@@ -176,8 +176,8 @@ def segmentation_transform(config: Mapping[str, Any], train: bool):
 def build_segmentation_task(config: Mapping[str, Any], model: nn.Module, train_set) -> SegmentationTask:
     tk = _options(config)
     check_metric_name(config, ("mIoU", "aAcc", "mAcc"), patterns=("IoU.*",))
-    num_classes = getattr(model, "num_classes", None) or len(train_set.class_names)
-    names = getattr(train_set, "class_names", None)
+    names = class_names_of(train_set)
+    num_classes = getattr(model, "num_classes", None) or len(names or ())
     return SegmentationTask(
         num_classes,
         names,
