@@ -37,3 +37,15 @@ def test_read_state_dict_rejects_pickled_objects(tmp_path):
     good = tmp_path / "good.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}}, good)
     assert torch.equal(read_state_dict(good)["w"], torch.ones(2))
+
+
+def test_input_config_follows_an_in_chans_override():
+    """timm's resolve_data_config reads the pretrained_cfg (1 channel for glyphnet); info, bench, the
+    quick-start recipe and name-only inference use the model's real channel count instead."""
+    import visattn
+    from visattn.models import input_config, model_info
+
+    cfg = input_config(visattn.create_model("glyphnet", in_chans=3), img_size=32)
+    assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == (0.0, 0.0, 0.0) and cfg["std"] == (1.0,) * 3
+    assert model_info("glyphnet", in_chans=3)["input_size"] == [3, 64, 64]
+    assert input_config(visattn.create_model("glyphnet"))["input_size"] == (1, 64, 64)

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from visattn.models import count_macs, count_parameters, create_model, default_flop_convention
+from visattn.models import count_macs, count_parameters, create_model, default_flop_convention, input_config
 from visattn.utils.allocator import allocator_setting
 from visattn.utils.tables import write_csv
 
@@ -158,14 +158,6 @@ def matmul_peak_gflops(
 # ------------------------------------------------------------------------------------------ one model
 
 
-def _input_size(model: torch.nn.Module, img_size: int | None) -> tuple[int, int, int]:
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    c, h, w = tuple(cfg.get("input_size", (3, 224, 224)))
-    if img_size is not None:
-        h = w = img_size
-    return int(c), int(h), int(w)
-
-
 def benchmark_model(
     name: str,
     *,
@@ -191,7 +183,7 @@ def benchmark_model(
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     torch.manual_seed(0)
     model = create_model(name, **(model_kwargs or {}))
-    input_size = _input_size(model, img_size)
+    input_size = input_config(model, img_size)["input_size"]
     params = count_parameters(model)
     macs = count_macs(model, input_size, convention="macs")
     macs_san = (

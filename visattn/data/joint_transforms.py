@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from .heatmaps import encode_heatmaps, input_to_heatmap
-from .transforms import convert_channels
+from .transforms import convert_channels, match_channels
 
 __all__ = [
     "PadTo",
@@ -141,8 +141,7 @@ class SegmentationTransform:
         image = TF.to_dtype(image, torch.float32, scale=True)
         if self.normalize:
             channels = image.shape[0]
-            mean = self.mean if len(self.mean) == channels else self.mean[:1] * channels
-            std = self.std if len(self.std) == channels else self.std[:1] * channels
+            mean, std = match_channels(self.mean, channels), match_channels(self.std, channels)
             image = TF.normalize(image, mean, std)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
 
@@ -348,8 +347,7 @@ class TopDownTransform:
         )
         if not (all(m == 0 for m in self.mean) and all(s == 1 for s in self.std)):
             c = out.shape[0]
-            mean = self.mean if len(self.mean) == c else self.mean[:1] * c
-            std = self.std if len(self.std) == c else self.std[:1] * c
+            mean, std = match_channels(self.mean, c), match_channels(self.std, c)
             out = TF.normalize(out, mean, std)
         x, y, w, h = (float(v) for v in sample["box"])
         meta = {

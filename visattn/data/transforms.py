@@ -26,12 +26,21 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-__all__ = ["TRAIN_TRANSFORMS", "ToChannels", "build_transform", "convert_channels"]
+__all__ = ["TRAIN_TRANSFORMS", "ToChannels", "build_transform", "convert_channels", "match_channels"]
 
 TRAIN_TRANSFORMS = ("flip_rrc", "flip", "none", "imagenet", "pad_crop")
 IMAGENET_CROP_PCT = 0.875
 # ITU-R 601-2 luma, the weights of PIL's "L" conversion; they sum to 1, so a grey RGB image stays exact.
 _LUMA = (0.299, 0.587, 0.114)
+
+
+def match_channels(values: Sequence[float], channels: int) -> list[float]:
+    """Per-channel normalisation values for ``channels`` channels: as given when the counts agree, else their
+    mean repeated (a one-value grey mean on RGB input, an ImageNet mean on a grey model)."""
+    values = [float(v) for v in values]
+    if len(values) == channels:
+        return values
+    return [sum(values) / len(values)] * channels
 
 
 def convert_channels(image: torch.Tensor, channels: int | None) -> torch.Tensor:

@@ -66,14 +66,15 @@ def build_datasets(
 
 def check_input_channels(config: Mapping[str, Any], model: nn.Module) -> None:
     """One clear error when the model's first convolution does not take the channels the data gives."""
-    wanted = input_channels(config)
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if wanted is None or first is None or first.in_channels == wanted:
+    from visattn.models import model_in_chans
+
+    wanted, takes = input_channels(config), model_in_chans(model)
+    if wanted is None or takes is None or takes == wanted:
         return
     source = "data.channels" if config["data"]["channels"] else "model.kwargs.in_chans"
     raise ValueError(
         f"the data gives {wanted}-channel images ({source}) but model {config['model']['name']!r} takes "
-        f"{first.in_channels} channels; set data.channels and model.kwargs.in_chans to the same value"
+        f"{takes} channels; set data.channels and model.kwargs.in_chans to the same value"
     )
 
 

@@ -23,17 +23,11 @@ __all__ = ["quick_recipe"]
 
 
 def _model_defaults(name: str, model_kwargs: Mapping[str, Any]) -> tuple[int, list[float], list[float], int]:
-    from visattn.models import create_model
+    from visattn.models import create_model, input_config
 
-    model = create_model(name, **model_kwargs)
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    channels, size, _ = cfg.get("input_size", (3, 224, 224))
-    channels = int(model_kwargs.get("in_chans", channels))
-    mean = [float(v) for v in cfg.get("mean", (0.0,) * channels)]
-    std = [float(v) for v in cfg.get("std", (1.0,) * channels)]
-    if len(mean) != channels:  # e.g. a grey model's one-value cfg used with RGB input: repeat the mean value
-        mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
-    return int(size), mean, std, channels
+    cfg = input_config(create_model(name, **model_kwargs))
+    channels, size, _ = cfg["input_size"]
+    return size, list(cfg["mean"]), list(cfg["std"]), channels
 
 
 def _data_section(path: Path) -> tuple[str, dict[str, Any], str]:

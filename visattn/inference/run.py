@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from visattn.config import load_config
 from visattn.data import load_image, to_float
+from visattn.data.transforms import match_channels
 from visattn.engine.checkpoint import (
     BEST_FILE,
     CHECKPOINT_DIR,
@@ -186,13 +186,6 @@ class TrainedModel:
         return (x * std + mean).clamp(0, 1)
 
 
-def _per_channel(values: Sequence[float], channels: int) -> tuple[float, ...]:
-    values = tuple(float(v) for v in values)
-    if len(values) == channels:
-        return values
-    return (float(np.mean(values)),) * channels  # e.g. an ImageNet cfg on a 1-channel model
-
-
 def _recipe_class_names(config: Mapping[str, Any]) -> list[str] | None:
     from visattn.engine.build import build_datasets
     from visattn.engine.tasks import class_names_of
@@ -228,17 +221,14 @@ def _from_name(
     model_name: str, kwargs: dict[str, Any], class_names: Sequence[str] | None, img_size: int | None
 ) -> tuple[nn.Module, list[str], Callable, tuple[int, int, int], str, tuple, tuple]:
     from visattn.data import build_transform
-    from visattn.models import create_model
+    from visattn.models import create_model, input_config
 
     if class_names is not None:
         kwargs.setdefault("num_classes", len(class_names))
     model = create_model(model_name, **kwargs)
-    pcfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    c, h, _ = pcfg.get("input_size", (3, 224, 224))
-    channels = int(kwargs.get("in_chans", c))
-    side = int(img_size or h)
-    mean = _per_channel(pcfg.get("mean", (0.0,) * channels), channels)
-    std = _per_channel(pcfg.get("std", (1.0,) * channels), channels)
+    cfg = input_config(model, img_size)
+    channels, side, _ = cfg["input_size"]
+    mean, std = cfg["mean"], cfg["std"]
     transform = build_transform(False, side, mean, std, kind="none", channels=channels)
     names = list(class_names) if class_names is not None else None
     if names is None:
@@ -301,8 +291,8 @@ def load_trained_model(
             class_names = RunDir(Path(cfg["output"])).class_names()
         model, names, image_input, size, task = _from_recipe(cfg, class_names, checkpoint is not None)
         channels = size[0]
-        mean = _per_channel(cfg["data"]["mean"], channels)
-        std = _per_channel(cfg["data"]["std"], channels)
+        mean = tuple(match_channels(cfg["data"]["mean"], channels))
+        std = tuple(match_channels(cfg["data"]["std"], channels))
         name = cfg["model"]["name"]
     else:
         cfg = None

@@ -6,7 +6,7 @@ entrypoints and converters.
 """
 
 from . import csra, glyphnet, pose, psa, resattnet, san, segmentation, vaa
-from ._registry import create_model, is_model, list_models, register_model
+from ._registry import create_model, input_config, is_model, list_models, model_in_chans, register_model
 from .complexity import count_macs, count_parameters, default_flop_convention, model_info
 from .convert import convert_checkpoint, convert_file, list_converters
 from .insert import insert_attention
@@ -22,11 +22,13 @@ __all__ = [
     "csra",
     "default_flop_convention",
     "glyphnet",
+    "input_config",
     "insert_attention",
     "is_model",
     "list_converters",
     "list_models",
     "load_weights",
+    "model_in_chans",
     "model_info",
     "pose",
     "psa",

@@ -127,3 +127,30 @@ def model_options(name: str) -> list[str]:
                 if p != "self" and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)
             }
     return sorted(names | {"num_classes", "in_chans", "drop_rate"})
+
+
+def model_in_chans(model: nn.Module) -> int | None:
+    """Channels the model's first convolution takes (``None`` for a model without one)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(first.in_channels) if first is not None else None
+
+
+def input_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:
+    """What the model expects as input: timm's ``resolve_data_config(model=...)`` (``input_size``, ``mean``,
+    ``std``, ``interpolation``, ``crop_pct``) with the channel count the model really has (an ``in_chans``
+    override is not in its ``pretrained_cfg``), ``mean``/``std`` matched to it, and ``img_size`` if given."""
+    from timm.data import resolve_data_config
+
+    from visattn.data.transforms import match_channels
+
+    cfg = dict(resolve_data_config(model=model))
+    c, h, w = (int(v) for v in cfg["input_size"])
+    c = model_in_chans(model) or c
+    if img_size is not None:
+        h = w = int(img_size)
+    cfg.update(
+        input_size=(c, h, w),
+        mean=tuple(match_channels(cfg["mean"], c)),
+        std=tuple(match_channels(cfg["std"], c)),
+    )
+    return cfg

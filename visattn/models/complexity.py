@@ -120,13 +120,11 @@ def model_info(
 ) -> dict[str, Any]:
     """Parameters, operation count, feature info and input configuration of a registered model
     (``visattn info``)."""
-    from ._registry import create_model
+    from ._registry import create_model, input_config
 
     model = create_model(name, **kwargs)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    input_size = tuple(cfg.get("input_size", (3, 224, 224)))
-    if img_size is not None:
-        input_size = (input_size[0], img_size, img_size)
+    input_size = input_config(model, img_size)["input_size"]
     if convention == "auto":
         convention = default_flop_convention(name, model)
     return {
