@@ -85,18 +85,15 @@ def _task(loaded: TrainedModel) -> Any:
 
 def _segment(loaded: TrainedModel, task: Any, path: Path, out_dir: Path | None) -> dict[str, Any]:
     from PIL import Image
-    from torchvision import tv_tensors
 
     from visattn.data.voc_segmentation import voc_colormap
-    from visattn.engine.tasks.segmentation import segmentation_transform
+    from visattn.engine.tasks.segmentation import segmentation_input
 
     image = loaded.read(path)
     height, width = image.shape[-2:]
-    x = loaded.image_input(image)
-    # Where the evaluation transform padded (PadTo fills the mask with 255): crop that off again.
-    valid = torch.zeros((height, width), dtype=torch.uint8)
-    _, mask = segmentation_transform(loaded.config, False)(tv_tensors.Image(image), tv_tensors.Mask(valid))
-    rows, cols = torch.nonzero(mask != 255, as_tuple=True)
+    # The evaluation input (loaded.image_input's) and where it is the image, not padding: crop that back.
+    x, valid = segmentation_input(loaded.config)(image)
+    rows, cols = torch.nonzero(valid, as_tuple=True)
     logits = task.predict(loaded.model, x.unsqueeze(0), size=x.shape[-2:])
     if rows.numel():
         logits = logits[..., : int(rows.max()) + 1, : int(cols.max()) + 1]

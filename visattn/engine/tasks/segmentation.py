@@ -192,17 +192,26 @@ def build_segmentation_task(config: Mapping[str, Any], model: nn.Module, train_s
     )
 
 
-def segmentation_image_input(config: Mapping[str, Any]):
-    """``f(uint8 image) -> model input``: the evaluation joint transform with an all-ignore mask."""
+def segmentation_input(config: Mapping[str, Any]):
+    """``f(uint8 image) -> (model input, valid)``: the evaluation joint transform; ``valid`` (bool ``(h, w)``)
+    is False where it padded the image (``eval_pad_to``), so predictions can be cropped back."""
     from torchvision import tv_tensors
 
     transform = segmentation_transform(config, False)
+    ignore = _options(config).get("ignore_index", 255)
 
-    def image_input(image: torch.Tensor) -> torch.Tensor:
-        mask = torch.full(tuple(image.shape[-2:]), 255, dtype=torch.uint8)
-        return transform(tv_tensors.Image(image), tv_tensors.Mask(mask))[0]
+    def model_input(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inside = torch.full(tuple(image.shape[-2:]), 0 if ignore else 1, dtype=torch.uint8)
+        x, mask = transform(tv_tensors.Image(image), tv_tensors.Mask(inside))
+        return x, mask != ignore
 
-    return image_input
+    return model_input
+
+
+def segmentation_image_input(config: Mapping[str, Any]):
+    """``f(uint8 image) -> model input`` (:func:`segmentation_input` without the valid region)."""
+    model_input = segmentation_input(config)
+    return lambda image: model_input(image)[0]
 
 
 register_task(
